@@ -1,0 +1,27 @@
+"""mpoxscan: screen photos of skin lesions for mpox, with honest, patient-grouped numbers."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mpoxscan")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = ["__version__", "load_model"]
+
+
+def load_model(bundle_dir, backend: str = "auto"):
+    """Load a trained model bundle for prediction.
+
+    Args:
+        bundle_dir: directory holding ``model.json`` and the weights.
+        backend: ``"onnx"``, ``"torch"`` or ``"auto"`` (ONNX Runtime when the bundle has an
+            ONNX file, PyTorch otherwise).
+
+    Returns:
+        A :class:`mpoxscan.inference.predictor.Predictor` whose ``predict(image)`` gives the
+        label and class probabilities.
+    """
+    from mpoxscan.inference.predictor import Predictor
+
+    return Predictor.load(bundle_dir, backend=backend)

@@ -1,0 +1,91 @@
+"""Shared fixtures: small image datasets that the tests make themselves, and the MSLD folder.
+
+Every test that must always run uses the generated datasets; tests on the real MSLD photos take
+the ``msld_dir`` fixture, which skips with a reason when ``../shared/data/msld-v1`` is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MSLD_DIR = Path(os.environ.get("MPOXSCAN_MSLD_DIR", REPO_ROOT.parent / "shared/data/msld-v1"))
+
+POSITIVE_CLASS = "Monkey Pox"
+NEGATIVE_CLASS = "Others"
+
+
+def make_lesion_photo(positive: bool, seed: int, size: int = 96) -> Image.Image:
+    """Draw a skin-coloured photo with lesions; the two classes differ in a learnable way.
+
+    Positive photos carry many small dark-centred pustules, negative ones a few large pale
+    patches, each on a randomly tinted skin background.
+    """
+    rng = np.random.default_rng(seed)
+    skin = rng.integers([150, 100, 80], [235, 180, 150])
+    noise = rng.normal(0, 6, (size, size, 3))
+    pixels = np.clip(skin + noise, 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(img)
+    if positive:
+        for _ in range(int(rng.integers(8, 14))):
+            x, y = rng.integers(4, size - 4, 2)
+            r = int(rng.integers(2, 5))
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=(200, 60, 60))
+            draw.ellipse([x - 1, y - 1, x + 1, y + 1], fill=(60, 20, 20))
+    else:
+        for _ in range(int(rng.integers(1, 3))):
+            x, y = rng.integers(10, size - 10, 2)
+            r = int(rng.integers(8, 14))
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=(240, 200, 190))
+    return img
+
+
+def write_class_folder(folder: Path, positive: bool, patients: int, photos: int, seed: int) -> None:
+    """Write ``patients`` x ``photos`` JPEGs named like MSLD files (``P3_1.jpg``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = "P" if positive else "N"
+    for patient in range(patients):
+        for photo in range(1, photos + 1):
+            img = make_lesion_photo(positive, seed=seed * 10_000 + patient * 100 + photo)
+            img.save(folder / f"{prefix}{patient}_{photo}.jpg", quality=92)
+
+
+def make_unsplit_dataset(root: Path, patients: int = 12, photos: int = 2, seed: int = 0) -> Path:
+    """An MSLD-style folder: ``root/Monkey Pox/*.jpg`` and ``root/Others/*.jpg``."""
+    write_class_folder(root / POSITIVE_CLASS, True, patients, photos, seed)
+    write_class_folder(root / NEGATIVE_CLASS, False, patients, photos, seed + 1)
+    return root
+
+
+def make_presplit_dataset(root: Path, seed: int = 0) -> Path:
+    """A tutorial-style folder: ``root/Train``, ``root/Val``, ``root/Test``, a folder per class."""
+    for offset, (split, patients) in enumerate((("Train", 8), ("Val", 3), ("Test", 3))):
+        write_class_folder(root / split / POSITIVE_CLASS, True, patients, 2, seed + 10 * offset)
+        write_class_folder(root / split / NEGATIVE_CLASS, False, patients, 2, seed + 10 * offset + 1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """An unsplit two-class dataset of 48 small JPEGs from 24 patients."""
+    return make_unsplit_dataset(tmp_path_factory.mktemp("tiny-unsplit"))
+
+
+@pytest.fixture(scope="session")
+def tiny_presplit_dataset(tmp_path_factory) -> Path:
+    """A Train/Val/Test dataset of small JPEGs."""
+    return make_presplit_dataset(tmp_path_factory.mktemp("tiny-presplit"))
+
+
+@pytest.fixture(scope="session")
+def msld_dir() -> Path:
+    """The MSLD v1 originals; skips the test when the shared data folder is absent."""
+    if not (MSLD_DIR / POSITIVE_CLASS).is_dir():
+        pytest.skip(f"MSLD v1 not found at {MSLD_DIR} (set MPOXSCAN_MSLD_DIR to run this test)")
+    return MSLD_DIR
