@@ -1,0 +1,210 @@
+"""Terminal tables of metrics with their confidence intervals and sample sizes (rich)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.table import Table
+
+#: Display names, in display order, of the metrics a table shows when present.
+METRIC_LABELS: dict[str, str] = {
+    "accuracy": "Accuracy",
+    "sensitivity": "Sensitivity (recall)",
+    "specificity": "Specificity",
+    "ppv": "PPV (precision)",
+    "npv": "NPV",
+    "balanced_accuracy": "Balanced accuracy",
+    "f1": "F1",
+    "macro_f1": "Macro F1",
+    "weighted_f1": "Weighted F1",
+    "roc_auc": "ROC AUC",
+    "macro_roc_auc": "Macro ROC AUC (one-vs-rest)",
+    "pr_auc": "PR AUC (average precision)",
+    "log_loss": "Log loss",
+}
+
+# Numerator and denominator of each proportion, from the confusion counts.
+_FRACTIONS = {
+    "accuracy": (("tp", "tn"), ("tp", "tn", "fp", "fn")),
+    "sensitivity": (("tp",), ("tp", "fn")),
+    "specificity": (("tn",), ("tn", "fp")),
+    "ppv": (("tp",), ("tp", "fp")),
+    "npv": (("tn",), ("tn", "fn")),
+}
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One metric ready for display: ``value`` and ``ci`` formatted, ``n`` as "k/n" or a count."""
+
+    key: str
+    label: str
+    value: str
+    ci: str
+    n: str
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; ``"n/a"`` for None or nan (an undefined metric)."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    number = float(value)
+    return "n/a" if not math.isfinite(number) else f"{number:.{digits}f}"
+
+
+def format_ci(ci: Sequence[Any] | None, digits: int = 3) -> str:
+    """A ``[low, high]`` interval as ``"low–high"``; ``"n/a"`` when missing or undefined."""
+    if not ci or any(v is None or not math.isfinite(float(v)) for v in ci):
+        return "n/a"
+    low, high = ci
+    return f"{float(low):.{digits}f}–{float(high):.{digits}f}"
+
+
+def metric_rows(metrics: Mapping[str, Any]) -> list[MetricRow]:
+    """The displayable rows of a binary or multi-class metrics dict, in a fixed order.
+
+    Args:
+        metrics: a dict from ``binary_metrics`` or ``multiclass_metrics`` (or its
+            ``patient_level`` sub-dict).
+
+    Returns:
+        One :class:`MetricRow` per metric present, with its interval and sample size.
+    """
+    total = metrics.get("n_images", metrics.get("n_patients"))
+    rows = []
+    for key, label in METRIC_LABELS.items():
+        if key not in metrics:
+            continue
+        rows.append(
+            MetricRow(
+                key=key,
+                label=label,
+                value=format_number(metrics[key]),
+                ci=format_ci(metrics.get(f"{key}_ci")) if f"{key}_ci" in metrics else "",
+                n=_sample_size(metrics, key, total),
+            )
+        )
+    return rows
+
+
+def sample_caption(metrics: Mapping[str, Any]) -> str:
+    """A one-line account of the sample behind ``metrics`` (images, patients, threshold)."""
+    parts = []
+    if "n_images" in metrics:
+        parts.append(f"{metrics['n_images']} images")
+    if "n_patients" in metrics:
+        parts.append(f"{metrics['n_patients']} patients")
+    text = " from ".join(parts) if parts else "unknown sample size"
+    if "n_positive" in metrics:
+        text += f" ({metrics['n_positive']} positive, {metrics['n_negative']} negative)"
+    if "threshold" in metrics:
+        text += f"; threshold {format_number(metrics['threshold'])}"
+    return text
+
+
+def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:
+    """A terminal table of each metric with its 95% CI and n, at image and patient level.
+
+    Args:
+        metrics: a dict from ``binary_metrics`` (patient-level columns are added when it has a
+            ``patient_level`` sub-dict) or ``multiclass_metrics``.
+        title: the table title.
+
+    Returns:
+        A :class:`rich.table.Table`; print it with ``rich.console.Console().print(table)``.
+    """
+    patients = metrics.get("patient_level")
+    caption = sample_caption(metrics) + (
+        "; 95% CIs: Wilson for proportions, bootstrap over "
+        f"{metrics.get('bootstrap_unit', 'image')}s for the rest"
+    )
+    table = Table(title=title, caption=caption)
+    table.add_column("Metric", style="bold")
+    table.add_column("Images", justify="right")
+    table.add_column("95% CI", justify="right")
+    table.add_column("n", justify="right")
+    patient_rows: dict[str, MetricRow] = {}
+    if isinstance(patients, Mapping):
+        patient_rows = {row.key: row for row in metric_rows(patients)}
+        table.add_column("Patients", justify="right")
+        table.add_column("95% CI", justify="right")
+        table.add_column("n", justify="right")
+    for row in metric_rows(metrics):
+        cells = [row.label, row.value, row.ci, row.n]
+        if isinstance(patients, Mapping):
+            other = patient_rows.get(row.key)
+            cells += [other.value, other.ci, other.n] if other else ["", "", ""]
+        table.add_row(*cells)
+    return table
+
+
+def folds_table(
+    fold_metrics: Sequence[Mapping[str, Any]], summary: Mapping[str, Mapping[str, Any]]
+) -> Table:
+    """Per-fold metrics with a closing mean ± SD row.
+
+    Args:
+        fold_metrics: per fold either ``{"fold", "repeat", "metrics": {...}}`` (as in a
+            cross-validation ``summary.json``) or a plain metrics dict.
+        summary: the output of ``summarize_folds``; its keys are the columns.
+
+    Returns:
+        A :class:`rich.table.Table` with one row per fold and a ``mean ± SD`` row.
+    """
+    keys = list(summary)
+    table = Table(title="Cross-validation folds", caption="SD: spread between folds (ddof=1)")
+    for column in ("Repeat", "Fold", "Images", "Patients"):
+        table.add_column(column, justify="right")
+    for key in keys:
+        table.add_column(_column_label(key), justify="right")
+    for index, entry in enumerate(fold_metrics):
+        metrics = entry.get("metrics", entry)
+        cells = [
+            str(entry.get("repeat", 0)),
+            str(entry.get("fold", index)),
+            str(metrics.get("n_images", "")),
+            str(metrics.get("n_patients", "")),
+        ]
+        cells += [format_number(_dotted(metrics, key)) for key in keys]
+        table.add_row(*cells, end_section=index == len(fold_metrics) - 1)
+    cells = ["mean ± SD", "", "", ""]
+    cells += [
+        f"{format_number(summary[k]['mean'])} ± {format_number(summary[k]['std'])}" for k in keys
+    ]
+    table.add_row(*cells, style="bold")
+    return table
+
+
+def _column_label(key: str) -> str:
+    """A short column heading for a possibly dotted metric key."""
+    *prefix, name = key.split(".")
+    label = METRIC_LABELS.get(name, name).split(" (")[0]
+    return f"{label} (patients)" if prefix == ["patient_level"] else label
+
+
+def _dotted(metrics: Mapping[str, Any], key: str) -> Any:
+    """Value of a dotted key, or None when absent."""
+    value: Any = metrics
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _sample_size(metrics: Mapping[str, Any], key: str, total: Any) -> str:
+    """ "k/n" for a proportion when the confusion counts are known, else the sample size."""
+    if key in _FRACTIONS and all(c in metrics for c in ("tp", "fp", "tn", "fn")):
+        numerator, denominator = _FRACTIONS[key]
+        k = sum(int(metrics[c]) for c in numerator)
+        n = sum(int(metrics[c]) for c in denominator)
+        return f"{k}/{n}"
+    if key == "accuracy" and "n_correct" in metrics:
+        return f"{metrics['n_correct']}/{total}"
+    return "" if total is None else str(total)

@@ -1,0 +1,69 @@
+"""The cross-validation report is one self-contained HTML page with this run's numbers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import pytest
+from PIL import Image
+
+from mpoxscan.evaluation.report import write_report
+from mpoxscan.evaluation.tables import format_ci, format_number
+
+
+@pytest.fixture(scope="module")
+def page(cv_dir, tmp_path_factory) -> str:
+    out = write_report(cv_dir, tmp_path_factory.mktemp("report") / "nested" / "report.html")
+    assert out.name == "report.html"
+    return out.read_text(encoding="utf-8")
+
+
+def test_page_is_self_contained(page):
+    assert page.startswith("<!DOCTYPE html>")
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    # ROC, PR, confusion matrix, reliability, and training curves of 2 folds x 2 repeats.
+    assert len(sources) == 8
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+    png = base64.b64decode(sources[0].split(",", 1)[1])
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.width > 100
+
+
+def test_page_holds_the_numbers(page, cv_dir):
+    summary = json.loads((cv_dir / "summary.json").read_text())
+    pooled = summary["pooled"]
+    assert "60 photos of 30 patients" in page
+    assert format_number(pooled["roc_auc"]) in page
+    assert format_ci(pooled["roc_auc_ci"]) in page
+    assert format_ci(pooled["patient_level"]["sensitivity_ci"]) in page
+    assert f"{pooled['tp']}/{pooled['tp'] + pooled['fn']}" in page
+    roc = summary["mean_std"]["roc_auc"]
+    assert f"{format_number(roc['mean'])} ± {format_number(roc['std'])}" in page
+    assert format_number(summary["folds"][3]["metrics"]["specificity"]) in page
+    assert summary["command"] in page
+    assert "2.13.0" in page
+    assert "target sensitivity of 0.95" in page
+    assert "How to read this" in page
+
+
+def test_names_from_the_data_are_escaped(tmp_path, cv_dir_factory):
+    cv_dir = cv_dir_factory(tmp_path / "cv", folds=2, repeats=1, patients=12)
+    summary = json.loads((cv_dir / "summary.json").read_text())
+    summary["data"]["per_class"] = {"<b>Other</b>": 12}
+    summary["folds"] = [{**fold, "history": []} for fold in summary["folds"]]
+    (cv_dir / "summary.json").write_text(json.dumps(summary))
+    page = write_report(cv_dir, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "&lt;b&gt;Other&lt;/b&gt;" in page and "<b>Other</b>" not in page
+    # Without histories there is no training-curves section; the four other plots remain.
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 4
+
+
+def test_missing_files_say_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mpoxscan cv"):
+        write_report(tmp_path, tmp_path / "r.html")
