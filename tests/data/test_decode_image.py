@@ -1,0 +1,230 @@
+"""decode_image: every supported format and colour mode in, upright 8-bit RGB out; bad files out."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pillow_heif
+import pytest
+from PIL import Image
+
+from mpoxscan.data.images import IMAGE_SUFFIXES, ImageLimits, decode_image, image_sha256
+from mpoxscan.errors import InvalidImageError
+
+
+def gradient(width: int = 48, height: int = 32) -> Image.Image:
+    """An asymmetric RGB image, so flips and rotations are detectable."""
+    x = np.linspace(0, 255, width)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height)[:, None].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, 255 - x], -1).astype(np.uint8), "RGB")
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.int16)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "suffix", "tolerance"),
+    [
+        ("JPEG", ".jpg", 8),
+        ("JPEG", ".jfif", 8),
+        ("PNG", ".png", 0),
+        ("WEBP", ".webp", 12),
+        ("BMP", ".bmp", 0),
+        ("TIFF", ".tif", 0),
+        ("HEIF", ".heic", 12),
+    ],
+)
+def test_each_format_decodes_to_the_same_rgb_photo(tmp_path, fmt, suffix, tolerance):
+    pillow_heif.register_heif_opener()  # so Pillow can write the HEIC test file
+    original = gradient()
+    path = tmp_path / f"photo{suffix}"
+    path.write_bytes(encode(original, fmt, **({"quality": 95} if fmt != "BMP" else {})))
+
+    for source in (path, str(path), path.read_bytes()):
+        img = decode_image(source)
+        assert img.mode == "RGB"
+        assert img.size == original.size
+        assert np.abs(pixels(img) - pixels(original)).mean() <= tolerance
+    assert suffix in IMAGE_SUFFIXES
+
+
+def test_exif_rotated_photo_equals_upright_photo():
+    upright = gradient(48, 32)
+    # Orientation 6: the camera stored the photo turned 90 degrees anticlockwise.
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    png = encode(stored, "PNG", exif=exif)
+    jpeg = encode(stored, "JPEG", exif=exif, quality=95)
+
+    assert np.array_equal(pixels(decode_image(png)), pixels(upright))
+    from_jpeg = decode_image(jpeg)
+    assert from_jpeg.size == upright.size
+    assert np.abs(pixels(from_jpeg) - pixels(upright)).mean() < 8
+
+
+def test_grayscale_and_bilevel_become_gray_rgb():
+    gray = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4, "L")
+    for img in (gray, gray.convert("1")):
+        rgb = pixels(decode_image(encode(img, "PNG")))
+        expected = pixels(img.convert("L"))
+        assert rgb.shape == (8, 8, 3)
+        for channel in range(3):
+            assert np.array_equal(rgb[..., channel], expected)
+
+
+def test_palette_image_keeps_its_colours():
+    img = gradient().convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    assert np.array_equal(pixels(decode_image(encode(img, "PNG"))), pixels(img.convert("RGB")))
+
+
+def test_palette_transparency_is_composited_on_white():
+    img = Image.new("P", (4, 4), 0)
+    img.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
+    img.putpixel((0, 0), 1)
+    out = pixels(decode_image(encode(img, "PNG", transparency=0)))
+    assert tuple(out[0, 0]) == (200, 30, 30)
+    assert tuple(out[3, 3]) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_composited_on_white(mode):
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    rgba.putpixel((1, 1), (0, 0, 0, 255))
+    rgba.putpixel((2, 2), (0, 0, 0, 128))
+    out = pixels(decode_image(encode(rgba.convert(mode), "PNG")))
+    assert tuple(out[0, 0]) == (255, 255, 255)  # fully transparent -> white, not black
+    assert tuple(out[1, 1]) == (0, 0, 0)
+    assert all(abs(v - 127) <= 1 for v in out[2, 2])
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    cyan = Image.new("CMYK", (8, 8), (255, 0, 0, 0))
+    out = pixels(decode_image(encode(cyan, "JPEG", quality=100)))
+    assert out.shape == (8, 8, 3)
+    r, g, b = out[4, 4]
+    assert r < 30 and g > 225 and b > 225
+
+
+def test_16_bit_png_is_scaled_not_clipped():
+    values = np.array([[0, 257 * 100], [257 * 200, 65535]], dtype=np.uint16)
+    img = Image.fromarray(values)
+    assert img.mode == "I;16"
+    out = pixels(decode_image(encode(img, "PNG")))
+    assert out[..., 0].tolist() == [[0, 100], [200, 255]]
+
+
+def test_32_bit_integer_tiff_is_scaled():
+    img = Image.fromarray(np.array([[0, 257 * 50], [257 * 100, 65535]], dtype=np.int32))
+    assert img.mode == "I"
+    out = pixels(decode_image(encode(img, "TIFF")))
+    assert out[..., 1].tolist() == [[0, 50], [100, 255]]
+
+
+def test_float_tiff_in_unit_range_is_scaled():
+    img = Image.fromarray(np.array([[0.0, 0.5], [0.25, 1.0]], dtype=np.float32))
+    assert img.mode == "F"
+    out = pixels(decode_image(encode(img, "TIFF")))
+    assert out[..., 2].tolist() == [[0, 128], [64, 255]]
+
+
+def test_animated_gif_gives_its_first_frame():
+    red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
+    gif = encode(red, "GIF", save_all=True, append_images=[blue], duration=100, loop=0)
+    assert Image.open(io.BytesIO(gif)).n_frames == 2
+    assert tuple(pixels(decode_image(gif))[4, 4]) == (255, 0, 0)
+
+
+def test_empty_file(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    for source in (empty, b""):
+        with pytest.raises(InvalidImageError) as info:
+            decode_image(source)
+        assert info.value.code == "empty_file"
+
+
+def test_file_too_large():
+    data = encode(gradient(), "PNG")
+    with pytest.raises(InvalidImageError) as info:
+        decode_image(data, ImageLimits(max_bytes=len(data) - 1))
+    assert info.value.code == "file_too_large"
+    assert decode_image(data, ImageLimits(max_bytes=len(data))).size == (48, 32)
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A tiny valid PNG whose header claims ``width x height`` pixels."""
+    data = bytearray(encode(Image.new("L", (8, 8)), "PNG"))
+    struct.pack_into(">II", data, 16, width, height)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("side", [30_000, 7_000])
+def test_too_many_pixels_is_caught_from_the_header_without_decoding(side):
+    start = time.perf_counter()
+    with pytest.raises(InvalidImageError) as info:
+        decode_image(png_header_claiming(side, side))
+    assert info.value.code == "too_many_pixels"
+    assert time.perf_counter() - start < 0.5  # decoding 49-900 MP would take far longer
+
+
+def test_pixel_limit_is_configurable():
+    data = encode(gradient(48, 32), "PNG")
+    with pytest.raises(InvalidImageError) as info:
+        decode_image(data, ImageLimits(max_pixels=48 * 32 - 1))
+    assert info.value.code == "too_many_pixels"
+    assert "48x32" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"just some notes, not a photo\n",
+        b"<!DOCTYPE html><html><body><img src='x.jpg'></body></html>",
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>',
+        b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n",
+        b"P6\n2 2\n255\n" + bytes(12),  # PPM: an image, but not a format mpoxscan accepts
+    ],
+)
+def test_not_an_image_even_when_named_jpg(tmp_path, content):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(content)
+    with pytest.raises(InvalidImageError) as info:
+        decode_image(path)
+    assert info.value.code == "not_an_image"
+    assert content.decode("latin-1")[:12] not in info.value.message  # never echo file bytes
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_truncated_image(fmt):
+    data = encode(gradient(64, 64), fmt)
+    with pytest.raises(InvalidImageError) as info:
+        decode_image(data[: len(data) // 2])
+    assert info.value.code == "truncated_image"
+
+
+def test_image_too_small():
+    data = encode(gradient(40, 10), "PNG")
+    with pytest.raises(InvalidImageError) as info:
+        decode_image(data, ImageLimits(min_side=16))
+    assert info.value.code == "image_too_small"
+    assert decode_image(data, ImageLimits(min_side=10)).size == (40, 10)
+
+
+def test_image_sha256_is_the_sha256_of_the_bytes():
+    data = encode(gradient(), "PNG")
+    assert image_sha256(data) == hashlib.sha256(data).hexdigest()
+    assert image_sha256(data) != image_sha256(data + b"\0")
