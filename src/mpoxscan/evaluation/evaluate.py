@@ -1,0 +1,140 @@
+"""Measure a saved bundle on a dataset (`mpoxscan evaluate`)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpoxscan.data.audit import merge_duplicates
+from mpoxscan.data.datasets import DatasetIndex, ImageRecord, fingerprint_records, scan_dataset
+from mpoxscan.data.images import decode_image
+from mpoxscan.data.splits import split_dataset
+from mpoxscan.errors import InvalidImageError
+from mpoxscan.evaluation.metrics import binary_metrics, multiclass_metrics, to_jsonable
+from mpoxscan.evaluation.plots import plot_confusion_matrix, plot_roc
+from mpoxscan.inference.predictor import Predictor
+
+BATCH_SIZE = 16
+
+
+@dataclass
+class EvaluationReport:
+    """Metrics of a bundle on a set of photos, and the plots written."""
+
+    description: str
+    metrics: dict[str, Any]
+    plots: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (NaN becomes null)."""
+        return to_jsonable(
+            {
+                "evaluated_on": self.description,
+                "metrics": self.metrics,
+                "plots": [str(p) for p in self.plots],
+                "skipped": self.skipped,
+            }
+        )
+
+
+def evaluation_records(index: DatasetIndex, meta: dict[str, Any]) -> tuple[list[ImageRecord], str]:
+    """The photos to evaluate on, and a description of which part that is.
+
+    A pre-split dataset gives its Test folder. An unsplit dataset that is the bundle's own
+    training data (same fingerprint) gives the same held-out test patients as at training
+    time; any other unsplit dataset is evaluated whole.
+    """
+    if index.layout == "presplit":
+        return [r for r in index.records if r.split == "test"], "the Test folder"
+    if fingerprint_records(index.records) == meta.get("data_fingerprint"):
+        data_cfg = meta.get("config", {}).get("data", {})
+        train_cfg = meta.get("config", {}).get("train", {})
+        split = split_dataset(
+            merge_duplicates(index),
+            val_fraction=data_cfg.get("val_fraction", 0.1),
+            test_fraction=data_cfg.get("test_fraction", 0.2),
+            seed=train_cfg.get("seed", 0),
+        )
+        return split.test, "the bundle's held-out test patients"
+    return list(index.records), "all photos (not the bundle's training data)"
+
+
+def _predict_records(
+    predictor: Predictor, records: list[ImageRecord]
+) -> tuple[np.ndarray, list[ImageRecord], list[str]]:
+    kept, skipped, chunks = [], [], []
+    for start in range(0, len(records), BATCH_SIZE):
+        images = []
+        for record in records[start : start + BATCH_SIZE]:
+            try:
+                images.append(decode_image(record.path))
+                kept.append(record)
+            except InvalidImageError as error:
+                warnings.warn(f"skipping {record.path}: {error}", stacklevel=2)
+                skipped.append(str(record.path))
+        if images:
+            chunks.append(predictor.predict_proba(images))
+    n_classes = len(predictor.classes_)
+    proba = np.concatenate(chunks) if chunks else np.empty((0, n_classes))
+    return proba, kept, skipped
+
+
+def evaluate_bundle(
+    bundle_dir: Path, data_dir: Path, *, plots_dir: Path | None = None
+) -> EvaluationReport:
+    """Evaluate a bundle on a dataset with patient-grouped confidence intervals.
+
+    Args:
+        bundle_dir: the model bundle.
+        data_dir: a dataset in either layout.
+        plots_dir: where to write ``confusion_matrix.png`` and ``roc.png`` (skipped if None).
+
+    Returns:
+        An :class:`EvaluationReport`.
+    """
+    predictor = Predictor.load(bundle_dir)
+    meta = predictor.meta_
+    data_cfg = meta.get("config", {}).get("data", {})
+    index = scan_dataset(
+        data_dir,
+        positive=predictor.positive_class_,
+        multiclass=bool(meta.get("multiclass")),
+        patient_pattern=data_cfg.get("patient_pattern"),
+    )
+    records, description = evaluation_records(index, meta)
+    proba, kept, skipped = _predict_records(predictor, records)
+    labels = np.array([_label_in_bundle(r, index, predictor) for r in kept], dtype=int)
+    groups = [r.patient for r in kept]
+    if meta.get("multiclass"):
+        metrics = multiclass_metrics(labels, proba, predictor.classes_, groups=groups)
+        predicted = proba.argmax(axis=1)
+    else:
+        metrics = binary_metrics(labels, proba[:, 1], threshold=predictor.threshold_, groups=groups)
+        predicted = (proba[:, 1] >= predictor.threshold_).astype(int)
+    report = EvaluationReport(description, metrics, skipped=skipped)
+    if plots_dir is not None and len(kept):
+        report.plots = _write_plots(plots_dir, labels, predicted, proba, predictor, meta)
+    return report
+
+
+def _label_in_bundle(record: ImageRecord, index: DatasetIndex, predictor: Predictor) -> int:
+    if index.multiclass:
+        return predictor.classes_.index(record.class_name)
+    return int(record.class_name == predictor.positive_class_)
+
+
+def _write_plots(plots_dir, labels, predicted, proba, predictor, meta) -> list[Path]:
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    n = len(predictor.classes_)
+    matrix = np.zeros((n, n), dtype=int)
+    np.add.at(matrix, (labels, predicted), 1)
+    paths = [plot_confusion_matrix(matrix, predictor.classes_, plots_dir / "confusion_matrix.png")]
+    if not meta.get("multiclass"):
+        paths.append(plot_roc(labels, proba[:, 1], plots_dir / "roc.png"))
+    return [Path(p) for p in paths]

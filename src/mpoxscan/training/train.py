@@ -1,0 +1,279 @@
+"""Train one model on a patient-grouped split and save it as a bundle (`mpoxscan train`)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mpoxscan.data.audit import find_split_leaks, merge_duplicates
+from mpoxscan.data.datasets import DatasetIndex, ImageRecord, fingerprint_records, scan_dataset
+from mpoxscan.data.loading import ImageDataset
+from mpoxscan.data.splits import Split, split_dataset
+from mpoxscan.data.transforms import Preprocessing, normalize_batch
+from mpoxscan.evaluation.calibration import apply_temperature, choose_threshold, fit_temperature
+from mpoxscan.evaluation.metrics import binary_metrics, multiclass_metrics, to_jsonable
+from mpoxscan.evaluation.plots import plot_confusion_matrix, plot_roc, plot_training_curves
+from mpoxscan.inference.bundle import save_bundle
+from mpoxscan.inference.quality import OodDetector
+from mpoxscan.models import create_model, get_model_spec
+from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig, config_dict
+from mpoxscan.training.loop import FitResult, fit, num_outputs_of, predict_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """Where the bundle went and what it measured on its held-out test patients."""
+
+    bundle_dir: Path
+    test_metrics: dict[str, Any]
+    history: list[dict[str, float]]
+    best_epoch: int
+
+
+def build_model(
+    model_cfg: ModelConfig, num_outputs: int, seed: int = 0
+) -> tuple[nn.Module, Preprocessing]:
+    """Create the registry model (initialised from ``seed``) and the preprocessing it expects."""
+    torch.manual_seed(seed)
+    model = create_model(
+        model_cfg.name,
+        num_outputs=num_outputs,
+        pretrained=model_cfg.pretrained,
+        weights=Path(model_cfg.weights) if model_cfg.weights else None,
+        dropout=model_cfg.dropout,
+        image_size=model_cfg.image_size,
+    )
+    prep = getattr(model, "preprocessing", None) or get_model_spec(model_cfg.name).preprocessing
+    if model_cfg.image_size:
+        prep = replace(prep, image_size=model_cfg.image_size)
+    return model, prep
+
+
+def starts_pretrained(model_cfg: ModelConfig) -> bool:
+    """Whether the backbone starts from ImageNet weights (and so deserves a lower rate)."""
+    if model_cfg.name == "vgg16":
+        return model_cfg.weights is not None
+    return model_cfg.pretrained and model_cfg.name.startswith("efficientnet")
+
+
+def num_outputs_for(index: DatasetIndex) -> int:
+    """One logit for binary screening, one per class otherwise."""
+    return len(index.classes) if index.multiclass else 1
+
+
+def warn_about_leaks(split: Split) -> list[str]:
+    """Warn (and return the findings) when photos or patients straddle the split."""
+    leaks = find_split_leaks(split)
+    for leak in leaks:
+        warnings.warn(f"split leak: {leak}", stacklevel=2)
+    return leaks
+
+
+def calibrate(
+    model: nn.Module,
+    val_ds: ImageDataset,
+    prep: Preprocessing,
+    binary: bool,
+    target_sensitivity: float,
+) -> tuple[float, float, dict[str, Any]]:
+    """Fit the temperature and pick the decision threshold, both on validation data only."""
+    logits, labels = predict_logits(model, val_ds, prep)
+    logits_np, labels_np = _logits_array(logits, binary), labels.numpy()
+    temperature = fit_temperature(logits_np, labels_np, binary=binary)
+    if not binary:
+        return temperature, 0.5, {}
+    p = apply_temperature(logits_np, temperature, binary=True)[:, 1]
+    choice = choose_threshold(labels_np, p, target_sensitivity=target_sensitivity)
+    return temperature, float(choice["threshold"]), choice
+
+
+def score_split(
+    model: nn.Module,
+    dataset: ImageDataset,
+    prep: Preprocessing,
+    temperature: float,
+    binary: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated class probabilities (n, n_classes) and labels for every photo of a split."""
+    logits, labels = predict_logits(model, dataset, prep)
+    return apply_temperature(_logits_array(logits, binary), temperature, binary), labels.numpy()
+
+
+def split_metrics(
+    proba: np.ndarray,
+    labels: np.ndarray,
+    records: list[ImageRecord],
+    classes: list[str],
+    threshold: float,
+    binary: bool,
+) -> dict[str, Any]:
+    """Metrics with confidence intervals, grouped by patient for the bootstrap."""
+    groups = [record.patient for record in records]
+    if binary:
+        return binary_metrics(labels, proba[:, 1], threshold=threshold, groups=groups)
+    return multiclass_metrics(labels, proba, classes, groups=groups)
+
+
+@torch.no_grad()
+def fit_ood_detector(model: nn.Module, dataset: ImageDataset, prep: Preprocessing) -> OodDetector:
+    """Fit the out-of-domain detector on the training photos' backbone embeddings."""
+    model.eval()
+    embeddings = [
+        model.embed(normalize_batch(images, prep)).numpy()
+        for images, _ in torch.utils.data.DataLoader(dataset, batch_size=32)
+    ]
+    return OodDetector().fit(np.concatenate(embeddings))
+
+
+def load_index(data_cfg: DataConfig) -> DatasetIndex:
+    """Scan the dataset; copies of one photo under two patient ids become one patient."""
+    index = scan_dataset(
+        data_cfg.data_dir,
+        positive=data_cfg.positive,
+        multiclass=data_cfg.multiclass,
+        patient_pattern=data_cfg.patient_pattern,
+    )
+    return merge_duplicates(index)
+
+
+def train_bundle(
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    command: str = "",
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train on the train split, choose the epoch/temperature/threshold on validation, measure
+    on the test patients, and save everything as a bundle in ``out_dir``.
+
+    Args:
+        data_cfg: the dataset and how it is split (by patient, stratified by class).
+        model_cfg: the registry model to build.
+        train_cfg: the training recipe.
+        out_dir: the bundle directory to write (created; files in it are replaced).
+        command: the command line that started the run, recorded in ``model.json``.
+        show_progress: draw per-epoch progress bars.
+
+    Returns:
+        A :class:`TrainResult` with the bundle path and the test metrics.
+    """
+    index = load_index(data_cfg)
+    split = split_dataset(
+        index,
+        val_fraction=data_cfg.val_fraction,
+        test_fraction=data_cfg.test_fraction,
+        seed=train_cfg.seed,
+    )
+    leaks = warn_about_leaks(split)
+    model, prep = build_model(model_cfg, num_outputs_for(index), train_cfg.seed)
+    binary = num_outputs_of(model) == 1
+    datasets = {name: ImageDataset(getattr(split, name), prep.image_size) for name in _SPLITS}
+    backbone_lr = train_cfg.backbone_lr if starts_pretrained(model_cfg) else train_cfg.head_lr
+    result = fit(
+        model,
+        datasets["train"],
+        datasets["val"],
+        train_cfg,
+        prep,
+        backbone_lr=backbone_lr,
+        show_progress=show_progress,
+    )
+    temperature, threshold, choice = calibrate(
+        model, datasets["val"], prep, binary, train_cfg.target_sensitivity
+    )
+    proba, labels = score_split(model, datasets["test"], prep, temperature, binary)
+    test_metrics = split_metrics(
+        proba, labels, datasets["test"].records, index.classes, threshold, binary
+    )
+    meta = _bundle_meta(
+        index, split, datasets, model, model_cfg, prep, data_cfg, train_cfg, command, result
+    )
+    meta.update(temperature=temperature, threshold=threshold)
+    meta["metrics"] = to_jsonable({"test": test_metrics, "threshold_choice": choice})
+    meta["data"]["leak_warnings"] = leaks
+    ood = fit_ood_detector(model, datasets["train"], prep)
+    bundle_dir = save_bundle(out_dir, model, meta, ood=ood)
+    _write_plots(bundle_dir, result, proba, labels, index.classes, threshold, binary)
+    return TrainResult(bundle_dir, test_metrics, result.history, result.best_epoch)
+
+
+_SPLITS = ("train", "val", "test")
+
+
+def _bundle_meta(
+    index: DatasetIndex,
+    split: Split,
+    datasets: dict[str, ImageDataset],
+    model: nn.Module,
+    model_cfg: ModelConfig,
+    prep: Preprocessing,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    command: str,
+    result: FitResult,
+) -> dict[str, Any]:
+    return {
+        "architecture": {
+            "name": model_cfg.name,
+            "num_outputs": num_outputs_of(model),
+            "image_size": prep.image_size,
+            "dropout": model_cfg.dropout,
+        },
+        "classes": list(index.classes),
+        "positive_class": index.positive_class,
+        "multiclass": index.multiclass,
+        "preprocessing": asdict(prep),
+        "config": config_dict(data_cfg, model_cfg, train_cfg),
+        "command": command,
+        "data_fingerprint": fingerprint_records(index.records),
+        "data": {
+            "layout": index.layout,
+            "splits": {name: _split_counts(datasets[name].records) for name in _SPLITS},
+        },
+        "training": {"history": result.history, "best_epoch": result.best_epoch},
+    }
+
+
+def _split_counts(records: list[ImageRecord]) -> dict[str, int]:
+    return {"images": len(records), "patients": len({record.patient for record in records})}
+
+
+def _logits_array(logits: torch.Tensor, binary: bool) -> np.ndarray:
+    array = logits.detach().numpy().astype(np.float64)
+    return array[:, 0] if binary else array
+
+
+def _write_plots(
+    bundle_dir: Path,
+    result: FitResult,
+    proba: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    threshold: float,
+    binary: bool,
+) -> None:
+    plot_training_curves(result.history, bundle_dir / "curves.png")
+    if binary:
+        predicted = (proba[:, 1] >= threshold).astype(int)
+        plot_roc(labels, proba[:, 1], bundle_dir / "roc.png")
+    else:
+        predicted = proba.argmax(axis=1)
+    matrix = _confusion(labels, predicted, len(classes))
+    plot_confusion_matrix(matrix, classes, bundle_dir / "confusion_matrix.png")
+
+
+def _confusion(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    matrix = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(matrix, (labels.astype(int), predicted.astype(int)), 1)
+    return matrix
