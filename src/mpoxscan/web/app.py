@@ -1,0 +1,224 @@
+"""The web app: ``create_app`` (the factory tests use) and ``serve`` (``mpoxscan serve``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+from mpoxscan import __version__
+from mpoxscan.errors import BundleError
+from mpoxscan.web.api_errors import ApiError
+from mpoxscan.web.i18n import load_catalogues
+from mpoxscan.web.ratelimit import RateLimiter
+from mpoxscan.web.routes import api, pages
+from mpoxscan.web.security import SecurityHeadersMiddleware
+from mpoxscan.web.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).parent
+STATIC_DIR = WEB_DIR / "static"
+TEMPLATES_DIR = WEB_DIR / "templates"
+_BUNDLE_ENV = "MPOXSCAN_BUNDLE_DIR"
+
+_DESCRIPTION = (
+    "Screen photos of skin lesions for mpox. A research and education screening aid, not a "
+    "diagnosis. Photos are processed in memory and never stored. Errors have the body "
+    '`{"error": {"code": "...", "message": "..."}}`.'
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the web app; the model loads once, when the app starts (its lifespan).
+
+    Args:
+        settings: the settings; read from ``MPOXSCAN_*`` environment variables when ``None``.
+
+    Returns:
+        The FastAPI app: pages at ``/``, ``/model``, ``/privacy``; the API under ``/api/v1``.
+    """
+    settings = settings or Settings()
+    logging.getLogger("mpoxscan").setLevel(settings.log_level.upper())
+    app = FastAPI(
+        title="mpoxscan",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=_lifespan,
+        # The Swagger and ReDoc pages load scripts from a CDN; the schema stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.predictor = None
+    app.state.model_info = None
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.catalogues = load_catalogues()
+    app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _add_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(SecurityHeadersMiddleware)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the predictor once per process, and warm it so the first request is fast."""
+    from mpoxscan.inference.predictor import Predictor
+    from mpoxscan.web.service import model_info, warm_up
+
+    settings: Settings = app.state.settings
+    app.state.prediction_limiter = anyio.CapacityLimiter(settings.max_concurrent_predictions)
+    predictor = await run_in_threadpool(
+        Predictor.load, settings.bundle_dir, backend=settings.backend
+    )
+    await run_in_threadpool(warm_up, predictor)
+    app.state.predictor = predictor
+    app.state.model_info = model_info(predictor)
+    logger.info(
+        "serving model %s (%s, %s backend) from %s",
+        app.state.model_info.version,
+        app.state.model_info.architecture,
+        app.state.model_info.backend,
+        settings.bundle_dir,
+    )
+    yield
+    app.state.predictor = None
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error becomes ``{"error": {"code", "message"}}`` (or an HTML page off the API)."""
+
+    async def on_api_error(request: Request, exc: ApiError) -> Response:
+        if _wants_html(request):
+            return pages.render_error(request, exc)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
+            for err in exc.errors()
+        )
+        return await on_api_error(request, ApiError("validation_error", problems or "Invalid."))
+
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        error = ApiError(code, str(exc.detail), headers=dict(exc.headers or {}))
+        error.status_code = exc.status_code
+        return await on_api_error(request, error)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        error = ApiError("internal_error", "Something went wrong on the server; try again later.")
+        return JSONResponse(error.body(), status_code=500)
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def _wants_html(request: Request) -> bool:
+    """Pages get HTML error pages; the API (and static files) get JSON."""
+    path = request.url.path
+    return not (path.startswith("/api/") or path.startswith("/static/") or path == "/openapi.json")
+
+
+def serve(
+    bundle_dir: Path | str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int | None = None,
+    log_level: str | None = None,
+) -> None:
+    """Serve the web app with uvicorn until interrupted.
+
+    Args:
+        bundle_dir: the model bundle; ``MPOXSCAN_BUNDLE_DIR`` or ``models/default`` when
+            ``None``.
+        host: the address to listen on (``0.0.0.0`` to accept other machines).
+        port: the TCP port.
+        workers: processes, each with its own copy of the model; from the settings when ``None``.
+        log_level: from the settings when ``None``.
+
+    Raises:
+        BundleError: when the bundle is missing or invalid (the message says which and why);
+            nothing is started then.
+    """
+    import uvicorn
+
+    from mpoxscan.inference.bundle import read_bundle_meta
+
+    overrides: dict[str, object] = {}
+    if bundle_dir is not None:
+        overrides["bundle_dir"] = Path(bundle_dir).resolve()
+    if workers is not None:
+        overrides["workers"] = workers
+    if log_level is not None:
+        overrides["log_level"] = log_level
+    settings = Settings(**overrides)
+    try:
+        read_bundle_meta(settings.bundle_dir)
+    except BundleError as exc:
+        raise BundleError(
+            f"Cannot serve the model in {settings.bundle_dir}: {exc.message} "
+            "Train one with `mpoxscan train`, or pass --model-dir with a valid bundle."
+        ) from exc
+    log_config = _log_config(settings.log_level)
+    if settings.workers == 1:
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level=settings.log_level,
+            log_config=log_config,
+        )
+        return
+    # Worker processes each build their app from the environment, so hand the choices on.
+    os.environ[_BUNDLE_ENV] = str(settings.bundle_dir)
+    os.environ["MPOXSCAN_LOG_LEVEL"] = settings.log_level
+    uvicorn.run(
+        "mpoxscan.web.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        log_config=log_config,
+    )
+
+
+def _log_config(level: str) -> dict:
+    """uvicorn's logging set-up plus mpoxscan's own loggers, in every worker process."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["mpoxscan"] = {
+        "handlers": ["default"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config

@@ -1,0 +1,162 @@
+"""The JSON API: ``POST /api/v1/predict``, ``GET /api/v1/health``, ``GET /api/v1/model``."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from fastapi import APIRouter, Query, Request
+
+from mpoxscan import __version__
+from mpoxscan.data.images import ImageLimits
+from mpoxscan.web.api_errors import ApiError
+from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep
+from mpoxscan.web.schemas import ErrorResponse, Health, ModelInfo, PredictResponse
+from mpoxscan.web.service import Analysis, analyse_uploads
+from mpoxscan.web.settings import Settings
+from mpoxscan.web.uploads import UploadForm, check_content_length, read_upload_form
+from mpoxscan.web.workers import run_prediction
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1", tags=["predict"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One part per photo of the same person (up to "
+                            "MPOXSCAN_MAX_FILES, default 10; each up to "
+                            "MPOXSCAN_MAX_UPLOAD_BYTES, default 10 MiB). JPEG, PNG, WebP, "
+                            "BMP, TIFF or HEIC.",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "malformed_request",
+        413: "file_too_large, request_too_large",
+        415: "unsupported_media_type",
+        422: "no_file, too_many_files, empty_file, not_an_image, truncated_image, "
+        "too_many_pixels, validation_error",
+        429: "rate_limited (with Retry-After)",
+        500: "internal_error",
+        503: "model_unavailable",
+    }.items()
+}
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=_ERRORS,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Screen one or more photos of one person for mpox",
+)
+async def predict(
+    request: Request,
+    predictor: PredictorDep,
+    settings: SettingsDep,
+    _: RateLimitDep,
+    explain: bool = Query(
+        False, description="Add a base64 PNG Grad-CAM overlay (heatmap_png) to each assessed photo."
+    ),
+) -> PredictResponse:
+    """Screen photos sent as multipart ``file`` parts.
+
+    Each photo gets a result: ``ok`` with the calibrated mpox probability and its band,
+    ``retake`` with the reasons it cannot be assessed, or, in a request with several photos,
+    ``error`` when its file cannot be read (the other photos are still predicted). A request
+    with a single photo that cannot be read gets the error itself (4xx). ``combined`` takes
+    the highest probability among the assessed photos. File names and EXIF are never echoed.
+    """
+    form = await read_photos(request, settings)
+    analysis = await run_prediction(
+        request.app,
+        partial(
+            analyse_uploads,
+            predictor,
+            form.files,
+            limits=image_limits(settings),
+            explain=explain,
+        ),
+    )
+    log_analysis(analysis)
+    return analysis.response
+
+
+@router.get("/health", response_model=Health, summary="Liveness and model readiness")
+async def health(request: Request) -> Health:
+    """``ok`` once the model is loaded."""
+    predictor = getattr(request.app.state, "predictor", None)
+    info: ModelInfo | None = getattr(request.app.state, "model_info", None)
+    return Health(
+        status="ok" if predictor is not None else "unavailable",
+        model_loaded=predictor is not None,
+        version=__version__,
+        model_version=info.version if info else None,
+        backend=info.backend if info else None,
+    )
+
+
+@router.get(
+    "/model",
+    response_model=ModelInfo,
+    responses={503: {"model": ErrorResponse}},
+    summary="The model card",
+)
+async def model_card(request: Request, _: PredictorDep) -> ModelInfo:
+    """The served bundle: version, architecture, classes, threshold, metrics, intended use."""
+    return request.app.state.model_info
+
+
+async def read_photos(request: Request, settings: Settings) -> UploadForm:
+    """Read the request's photos into memory under the settings' limits.
+
+    Raises:
+        ApiError: ``no_file`` when no ``file`` part was sent, or any ``read_upload_form`` error.
+    """
+    check_content_length(request.headers.get("content-length"), settings.max_request_bytes)
+    form = await read_upload_form(
+        request.headers.get("content-type"),
+        request.stream(),
+        max_files=settings.max_files,
+        max_file_bytes=settings.max_upload_bytes,
+        max_request_bytes=settings.max_request_bytes,
+    )
+    if not form.files:
+        raise ApiError(
+            "no_file", 'No photo was sent; add at least one multipart part named "file".'
+        )
+    return form
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    """The decoding limits from the settings."""
+    return ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+
+
+def log_analysis(analysis: Analysis) -> None:
+    """Log counts and statuses only: never bytes, names, EXIF or probabilities per person."""
+    statuses = [r.status for r in analysis.response.results]
+    logger.info(
+        "predicted %d photo(s): %d ok, %d retake, %d error",
+        len(statuses),
+        statuses.count("ok"),
+        statuses.count("retake"),
+        statuses.count("error"),
+    )

@@ -1,0 +1,118 @@
+"""Pydantic models of the API's responses (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Band = Literal["low", "uncertain", "high"]
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable code and a message saying what to do."""
+
+    code: str = Field(examples=["not_an_image"])
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+class Issue(BaseModel):
+    """Why a photo cannot be assessed (``too_small``, ``too_blurry``, ``too_dark``,
+    ``overexposed``, ``out_of_domain``)."""
+
+    code: str
+    message: str
+
+
+class PredictionOut(BaseModel):
+    """The model's output for one photo."""
+
+    label: str = Field(description="The predicted class.")
+    probability: float | None = Field(
+        description="Calibrated probability of the positive class (mpox), 0-1; null when the "
+        "model has no positive class."
+    )
+    probabilities: dict[str, float] = Field(description="Calibrated probability of each class.")
+    band: Band | None = Field(
+        description="low / uncertain / high, from the probability and the model's threshold."
+    )
+
+
+class PhotoResult(BaseModel):
+    """The result for one photo, in the order the photos were sent. File names and EXIF data
+    are never echoed."""
+
+    index: int = Field(description="0-based position of the photo in the request.")
+    status: Literal["ok", "retake", "error"] = Field(
+        description="ok: assessed; retake: the photo cannot be assessed (see issues); "
+        "error: the file could not be read (see error; only in multi-photo requests)."
+    )
+    prediction: PredictionOut | None = None
+    issues: list[Issue] = Field(default_factory=list)
+    error: ErrorDetail | None = None
+    heatmap_png: str | None = Field(
+        default=None,
+        description="With explain=true: base64 PNG of the photo with the Grad-CAM heat map "
+        "overlaid (at most 512 pixels a side).",
+    )
+
+
+class CombinedResult(BaseModel):
+    """One result for all the photos (of one person)."""
+
+    status: Literal["ok", "retake"] = Field(
+        description="ok when at least one photo could be assessed, else retake."
+    )
+    method: Literal["max"] = Field(
+        default="max",
+        description="The highest mpox probability among the photos that could be assessed; "
+        "the band is that of the same photo.",
+    )
+    probability: float | None = None
+    band: Band | None = None
+    label: str | None = None
+    index: int | None = Field(default=None, description="The photo that gave the probability.")
+    photos: int = Field(description="Photos sent.")
+    assessed: int = Field(description="Photos that could be assessed.")
+
+
+class ModelInfo(BaseModel):
+    """The model card of the bundle being served."""
+
+    version: str = Field(description="First 12 hex digits of the weights' SHA-256.")
+    architecture: str
+    classes: list[str]
+    positive_class: str | None
+    threshold: float | None
+    temperature: float | None = None
+    image_size: int | None = None
+    backend: str
+    created: str | None = None
+    mpoxscan_version: str | None = None
+    data_fingerprint: str | None = None
+    metrics: dict = Field(default_factory=dict, description="The bundle's test and CV metrics.")
+    intended_use: str
+
+
+class PredictResponse(BaseModel):
+    """Results of ``POST /api/v1/predict``."""
+
+    model: ModelInfo
+    results: list[PhotoResult]
+    combined: CombinedResult
+
+
+class Health(BaseModel):
+    """Liveness and readiness."""
+
+    status: Literal["ok", "unavailable"]
+    model_loaded: bool
+    version: str = Field(description="The mpoxscan package version.")
+    model_version: str | None = None
+    backend: str | None = None

@@ -1,0 +1,215 @@
+"""Turning uploaded photos into API results; plain functions, run in a worker thread.
+
+Nothing here touches the disk or logs photo content: bytes are decoded in memory, the decoded
+images are only passed to the predictor, and heat maps are encoded to in-memory PNGs.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from mpoxscan.data.images import ImageLimits, decode_image
+from mpoxscan.errors import InvalidImageError
+from mpoxscan.inference.explain import heatmap_png_bytes
+from mpoxscan.inference.predictor import Assessment, Predictor
+from mpoxscan.web.api_errors import ApiError
+from mpoxscan.web.schemas import (
+    CombinedResult,
+    ErrorDetail,
+    Issue,
+    ModelInfo,
+    PhotoResult,
+    PredictionOut,
+    PredictResponse,
+)
+from mpoxscan.web.uploads import Upload
+
+#: Photos are analysed at most this many pixels a side: a 50 MP photo decodes to 150 MB,
+#: ten of them would not fit a small server, and the model sees a few hundred pixels anyway.
+WORKING_MAX_SIDE = 2048
+#: Heat-map overlays and the photos shown on the no-JS result page are this size at most.
+DISPLAY_MAX_SIDE = 512
+
+DEFAULT_INTENDED_USE = (
+    "Research and education: a screening aid that estimates how much a photo of a skin lesion "
+    "resembles the mpox photos the model was trained on. It is not a diagnosis and must not "
+    "replace a clinician or a PCR test."
+)
+
+
+@dataclass
+class Analysis:
+    """The API response plus, for the server-rendered page, each photo as a data URI."""
+
+    response: PredictResponse
+    photos: list[str | None]
+
+
+def model_info(predictor: Predictor) -> ModelInfo:
+    """The served bundle's model card, from ``predictor.meta_``."""
+    meta = predictor.meta_
+    files = meta.get("files") or {}
+    weights_hash = files.get("model.safetensors") or next(iter(files.values()), "")
+    prep = meta.get("preprocessing") or {}
+    architecture = meta.get("architecture")
+    if isinstance(architecture, dict):
+        architecture = architecture.get("name")
+    return ModelInfo(
+        version=str(weights_hash)[:12] or "unknown",
+        architecture=str(architecture or "unknown"),
+        classes=list(predictor.classes_),
+        positive_class=predictor.positive_class_,
+        threshold=_float_or_none(predictor.threshold_),
+        temperature=_float_or_none(meta.get("temperature")),
+        image_size=prep.get("image_size"),
+        backend=str(getattr(predictor, "backend_", "unknown")),
+        created=meta.get("created"),
+        mpoxscan_version=meta.get("mpoxscan_version"),
+        data_fingerprint=meta.get("data_fingerprint"),
+        metrics=meta.get("metrics") or {},
+        intended_use=str(meta.get("intended_use") or DEFAULT_INTENDED_USE),
+    )
+
+
+def warm_up(predictor: Predictor) -> None:
+    """Run one photo through the checks, the model and Grad-CAM, so lazy loading and first-call
+    set-up happen at startup rather than in the first user's request."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(90, 230, (DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE, 3), dtype=np.uint8)
+    photo = Image.fromarray(pixels, "RGB")
+    predictor.assess_many([photo])
+    heatmap_png_bytes(photo, predictor.explain(photo))
+
+
+def analyse_uploads(
+    predictor: Predictor,
+    uploads: Sequence[Upload],
+    *,
+    limits: ImageLimits,
+    explain: bool,
+    with_photos: bool = False,
+) -> Analysis:
+    """Decode, check and predict every photo of one request.
+
+    Args:
+        predictor: the loaded model.
+        uploads: the request's photos, in order (at least one).
+        limits: decoding limits (bytes, pixels).
+        explain: add a Grad-CAM overlay PNG to each assessed photo.
+        with_photos: also return each photo as a small JPEG data URI (no EXIF).
+
+    Returns:
+        The results, one per upload, and the combined result.
+
+    Raises:
+        ApiError: when the request has a single photo and it cannot be decoded; with several
+            photos, a bad file becomes an ``error`` entry and the others are still predicted.
+    """
+    decoded = [_decode(upload, limits) for upload in uploads]
+    if len(decoded) == 1 and isinstance(decoded[0], ApiError):
+        raise decoded[0]
+    images = [item for item in decoded if isinstance(item, Image.Image)]
+    assessments = iter(predictor.assess_many(images) if images else [])
+    results: list[PhotoResult] = []
+    photos: list[str | None] = []
+    for index, item in enumerate(decoded):
+        if isinstance(item, ApiError):
+            results.append(
+                PhotoResult(
+                    index=index,
+                    status="error",
+                    error=ErrorDetail(code=item.code, message=item.message),
+                )
+            )
+            photos.append(None)
+            continue
+        display = _display_copy(item)
+        result = _photo_result(index, next(assessments))
+        if explain and result.status == "ok":
+            png = heatmap_png_bytes(display, predictor.explain(display))
+            result.heatmap_png = base64.b64encode(png).decode("ascii")
+        results.append(result)
+        photos.append(_jpeg_data_uri(display) if with_photos else None)
+    response = PredictResponse(
+        model=model_info(predictor),
+        results=results,
+        combined=combine_results(results),
+    )
+    return Analysis(response=response, photos=photos)
+
+
+def combine_results(results: Sequence[PhotoResult]) -> CombinedResult:
+    """Combine photos of one person: the highest mpox probability among the assessed photos.
+
+    Taking the maximum is the cautious choice for a screen: one worrying lesion is enough to
+    advise seeing a clinician, whatever the other photos show.
+    """
+    assessed = [r for r in results if r.status == "ok" and r.prediction is not None]
+    scored = [r for r in assessed if r.prediction.probability is not None]
+    combined = CombinedResult(
+        status="ok" if assessed else "retake", photos=len(results), assessed=len(assessed)
+    )
+    if scored:
+        top = max(scored, key=lambda r: r.prediction.probability)
+        combined.probability = top.prediction.probability
+        combined.label = top.prediction.label
+        combined.index = top.index
+        combined.band = top.prediction.band
+    return combined
+
+
+def _decode(upload: Upload, limits: ImageLimits) -> Image.Image | ApiError:
+    if upload.too_large:
+        return ApiError(
+            "file_too_large",
+            f"A photo is {upload.size / 1024 / 1024:.1f} MiB, above the "
+            f"{limits.max_bytes / 1024 / 1024:.0f} MiB limit; send a smaller JPEG of it.",
+        )
+    try:
+        image = decode_image(bytes(upload.data), limits)
+    except InvalidImageError as exc:
+        return ApiError.from_invalid_image(exc)
+    if max(image.size) > WORKING_MAX_SIDE:
+        image.thumbnail((WORKING_MAX_SIDE, WORKING_MAX_SIDE), Image.Resampling.BILINEAR)
+    return image
+
+
+def _photo_result(index: int, assessment: Assessment) -> PhotoResult:
+    issues = [Issue(code=r.code, message=r.message) for r in assessment.reasons]
+    if not assessment.ok or assessment.prediction is None:
+        return PhotoResult(index=index, status="retake", issues=issues)
+    pred = assessment.prediction
+    return PhotoResult(
+        index=index,
+        status="ok",
+        issues=issues,
+        prediction=PredictionOut(
+            label=pred.label,
+            probability=_float_or_none(pred.probability),
+            probabilities={k: float(v) for k, v in pred.probabilities.items()},
+            band=pred.band,
+        ),
+    )
+
+
+def _display_copy(image: Image.Image) -> Image.Image:
+    copy = image.copy()
+    copy.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE), Image.Resampling.LANCZOS)
+    return copy
+
+
+def _jpeg_data_uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    # Saved from pixels only: no EXIF (location, camera, time) leaves the server.
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _float_or_none(value: object) -> float | None:
+    return None if value is None else float(value)

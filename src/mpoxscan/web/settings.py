@@ -1,0 +1,86 @@
+"""Web settings, read from ``MPOXSCAN_*`` environment variables (or passed in by tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """How the web app serves the model; every field has an ``MPOXSCAN_<NAME>`` variable.
+
+    Attributes:
+        bundle_dir: the model bundle to serve (relative paths are from the working directory).
+        backend: ``"auto"`` (ONNX Runtime when the bundle has ``model.onnx``), ``"onnx"`` or
+            ``"torch"``.
+        max_upload_bytes: largest photo accepted; phone photos are 2-8 MiB.
+        max_files: most photos in one request (photos of one patient).
+        max_request_bytes: largest request body; checked while it streams in.
+        max_pixels: largest width x height decoded (the decompression-bomb guard).
+        max_concurrent_predictions: requests whose photos are decoded and run through the
+            model at the same time; the rest wait, so a burst cannot exhaust memory.
+        rate_limit_per_minute: prediction requests per client IP per minute; 0 turns it off.
+        store_uploads: must stay ``False``: mpoxscan never writes photos anywhere.
+        log_level: the Python/uvicorn log level.
+        cors_origins: origins allowed to call the API from a browser; empty keeps CORS closed.
+            Comma-separated or a JSON list in the environment.
+        workers: uvicorn worker processes (each loads its own copy of the model).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MPOXSCAN_", extra="ignore")
+
+    bundle_dir: Path = Path("models/default")
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    max_upload_bytes: int = Field(default=10 * _MIB, gt=0)
+    max_files: int = Field(default=10, ge=1, le=100)
+    # Ten full-size photos at the per-file limit, plus room for the multipart framing.
+    max_request_bytes: int = Field(default=101 * _MIB, gt=0)
+    # 50 MP covers 48 MP phone cameras; a 50 MP RGB image is about 150 MB decoded.
+    max_pixels: int = Field(default=50_000_000, gt=0)
+    max_concurrent_predictions: int = Field(default=2, ge=1)
+    rate_limit_per_minute: int = Field(default=60, ge=0)
+    store_uploads: bool = False
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    workers: int = Field(default=1, ge=1)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accept ``"https://a.org,https://b.org"`` or a JSON list as well as a list."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("store_uploads")
+    @classmethod
+    def _never_store(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "store_uploads=True is not supported: mpoxscan processes photos in memory and "
+                "never writes them anywhere; unset MPOXSCAN_STORE_UPLOADS."
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _request_fits_a_photo(self) -> Settings:
+        if self.max_request_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"max_request_bytes ({self.max_request_bytes}) is below max_upload_bytes "
+                f"({self.max_upload_bytes}); raise MPOXSCAN_MAX_REQUEST_BYTES."
+            )
+        return self

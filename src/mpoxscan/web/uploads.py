@@ -1,0 +1,239 @@
+"""Reading multipart uploads into memory, under byte limits, without touching the disk.
+
+Starlette's own form parser spools every file part over 1 MiB to a temporary file; photos must
+never be written anywhere, so the body is parsed here with ``python_multipart``'s streaming
+parser and each photo is kept in a ``bytearray``. The limits are enforced while the body
+streams in, so an oversized request is refused before it is read in full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from mpoxscan.web.api_errors import ApiError
+
+#: The form field that carries photos (``<input name="file" multiple>``, ``curl -F file=@x``).
+FILE_FIELD = "file"
+#: Text fields are short flags (``explain``, ``lang``); longer ones are dropped.
+_MAX_FIELD_BYTES = 1024
+_MAX_FIELDS = 20
+
+
+@dataclass
+class Upload:
+    """One photo part of a request, held in memory.
+
+    Attributes:
+        data: the bytes received (empty when ``too_large``: the rest was discarded).
+        size: how many bytes the part had.
+        too_large: the part was over the per-file limit.
+    """
+
+    data: bytearray = field(default_factory=bytearray)
+    size: int = 0
+    too_large: bool = False
+
+
+@dataclass
+class UploadForm:
+    """The photos and the short text fields of a multipart request."""
+
+    files: list[Upload] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    has_filename: bool = False
+    filename_empty: bool = False
+    upload: Upload | None = None
+    text: bytearray | None = None
+
+
+class _FormCollector:
+    """``python_multipart`` callbacks that collect parts into an ``UploadForm``."""
+
+    def __init__(self, *, max_files: int, max_file_bytes: int):
+        self.max_files = max_files
+        self.max_file_bytes = max_file_bytes
+        self.form = UploadForm()
+        self.finished = False
+        self._part = _Part()
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._disposition = b""
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_end": self.on_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self._part = _Part()
+        self._disposition = b""
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if bytes(self._header_name).lower() == b"content-disposition":
+            self._disposition = bytes(self._header_value)
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if b"name" not in options:
+            raise ApiError(
+                "malformed_request",
+                "A multipart part has no Content-Disposition name; "
+                'send photos as parts named "file".',
+            )
+        part = self._part
+        part.name = options[b"name"].decode("utf-8", "replace")
+        part.has_filename = b"filename" in options
+        part.filename_empty = part.has_filename and not options[b"filename"]
+        if part.name == FILE_FIELD:
+            part.upload = Upload()
+        elif not part.has_filename and len(self.form.fields) < _MAX_FIELDS:
+            part.text = bytearray()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._part
+        length = end - start
+        if part.upload is not None:
+            upload = part.upload
+            upload.size += length
+            if upload.size > self.max_file_bytes:
+                # Keep counting (the entry reports the size) but stop holding the bytes.
+                upload.too_large = True
+                upload.data = bytearray()
+            else:
+                upload.data += data[start:end]
+        elif part.text is not None:
+            if len(part.text) + length > _MAX_FIELD_BYTES:
+                part.text = None
+            else:
+                part.text += data[start:end]
+
+    def on_part_end(self) -> None:
+        part = self._part
+        if part.upload is not None:
+            # A browser sends an empty, unnamed part for a file input left empty.
+            if part.filename_empty and part.upload.size == 0:
+                return
+            if len(self.form.files) >= self.max_files:
+                raise ApiError(
+                    "too_many_files",
+                    f"At most {self.max_files} photos can be sent at once; "
+                    "send fewer photos (of one person) per request.",
+                )
+            self.form.files.append(part.upload)
+        elif part.text is not None:
+            self.form.fields[part.name] = part.text.decode("utf-8", "replace")
+
+    def on_end(self) -> None:
+        self.finished = True
+
+
+def check_content_length(header: str | None, max_request_bytes: int) -> None:
+    """Refuse a request whose declared ``Content-Length`` is over the limit, before reading it.
+
+    Raises:
+        ApiError: ``request_too_large``.
+    """
+    if header is None:
+        return
+    try:
+        declared = int(header)
+    except ValueError as exc:
+        raise ApiError("malformed_request", "The Content-Length header is not a number.") from exc
+    if declared > max_request_bytes:
+        raise _request_too_large(max_request_bytes)
+
+
+def multipart_boundary(content_type: str | None) -> bytes:
+    """Return the boundary of a ``multipart/form-data`` content type.
+
+    Raises:
+        ApiError: ``unsupported_media_type`` for any other content type, ``malformed_request``
+            when the boundary is missing.
+    """
+    media_type, params = parse_options_header(content_type or "")
+    if media_type != b"multipart/form-data":
+        raise ApiError(
+            "unsupported_media_type",
+            'Send photos as multipart/form-data with one part named "file" per photo '
+            "(for example: curl -F file=@photo.jpg).",
+        )
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError("malformed_request", "The multipart Content-Type has no boundary.")
+    return boundary
+
+
+async def read_upload_form(
+    content_type: str | None,
+    chunks: AsyncIterator[bytes],
+    *,
+    max_files: int,
+    max_file_bytes: int,
+    max_request_bytes: int,
+) -> UploadForm:
+    """Parse a ``multipart/form-data`` body into memory.
+
+    Args:
+        content_type: the request's ``Content-Type`` header.
+        chunks: the body as it arrives (``request.stream()``).
+        max_files: most ``file`` parts accepted.
+        max_file_bytes: a larger ``file`` part is kept as ``Upload(too_large=True)`` with no
+            bytes, so one oversized photo among several can be reported on its own.
+        max_request_bytes: the whole body may not exceed this.
+
+    Returns:
+        The photos in the order sent and the short text fields.
+
+    Raises:
+        ApiError: ``unsupported_media_type``, ``malformed_request``, ``request_too_large`` or
+            ``too_many_files``.
+    """
+    boundary = multipart_boundary(content_type)
+    collector = _FormCollector(max_files=max_files, max_file_bytes=max_file_bytes)
+    try:
+        parser = MultipartParser(boundary, collector.callbacks())
+        received = 0
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > max_request_bytes:
+                raise _request_too_large(max_request_bytes)
+            parser.write(chunk)
+        parser.finalize()
+    except ValueError as exc:  # python_multipart's parse errors are ValueErrors
+        raise ApiError("malformed_request", "The multipart body could not be parsed.") from exc
+    if not collector.finished:
+        raise ApiError(
+            "malformed_request", "The multipart body ended early; the upload was cut off."
+        )
+    return collector.form
+
+
+def _request_too_large(max_request_bytes: int) -> ApiError:
+    return ApiError(
+        "request_too_large",
+        f"The request is over the {max_request_bytes / 1024 / 1024:.0f} MiB limit; "
+        "send fewer or smaller photos.",
+    )
