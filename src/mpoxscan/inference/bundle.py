@@ -1,0 +1,422 @@
+"""Model bundles: a folder of safetensors weights, an optional ONNX graph and ``model.json``.
+
+A bundle never contains pickles: weights are ``safetensors``, everything else JSON, so loading
+a bundle from someone else cannot run their code. ``model.json["files"]`` records the SHA-256
+of every file the bundle relies on, and :func:`read_bundle_meta` checks each one on every load,
+so a truncated download or an edited weight file is refused instead of silently mispredicting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mpoxscan.errors import BundleError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from mpoxscan.inference.quality import OodDetector
+
+FORMAT_VERSION = 1
+META_FILE = "model.json"
+WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+OOD_FILE = "ood.safetensors"
+
+#: Keys that ``save_bundle`` needs in ``meta``; the others have defaults.
+REQUIRED_META_KEYS = ("architecture", "classes", "preprocessing")
+
+#: Suffixes of formats that can run code when loaded; a bundle listing one is refused.
+PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib"})
+
+_HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_bundle(
+    out_dir: str | Path,
+    model: nn.Module,
+    meta: Mapping[str, Any],
+    *,
+    ood: OodDetector | None = None,
+    extra_files: Iterable[str | Path] = (),
+) -> Path:
+    """Write a model bundle: ``model.safetensors``, optional ``ood.safetensors``, ``model.json``.
+
+    Each file is written to a temporary name and renamed into place, ``model.json`` last, so an
+    interrupted save never leaves a bundle that looks complete. A ``model.onnx`` left from an
+    earlier save into the same folder is removed (it would no longer match the weights).
+
+    Args:
+        out_dir: the bundle folder (created if needed).
+        model: the trained network; its ``state_dict`` is saved.
+        meta: at least ``architecture`` ({name, num_outputs, image_size, dropout}), ``classes``
+            and ``preprocessing`` ({image_size, mean, std}); usually also ``positive_class``,
+            ``multiclass``, ``temperature``, ``threshold``, ``config``, ``command``,
+            ``data_fingerprint`` and ``metrics``. ``format_version``, ``mpoxscan_version``,
+            ``created``, ``files`` and ``ood`` are filled in here. Dataclasses, numpy
+            values and paths are converted to JSON; NaN and infinities become ``null``.
+        ood: a fitted out-of-domain detector to store with the model.
+        extra_files: more files to copy into the bundle and hash (e.g. ``curves.png``).
+
+    Returns:
+        The bundle folder.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    full_meta = _complete_meta(meta, out)
+    (out / ONNX_FILE).unlink(missing_ok=True)
+
+    _write_atomic(out / WEIGHTS_FILE, lambda tmp: _save_state_dict(model, tmp))
+    names = [WEIGHTS_FILE]
+    if ood is not None:
+        full_meta["ood"] = _save_ood(out, ood)
+        names.append(OOD_FILE)
+    else:
+        (out / OOD_FILE).unlink(missing_ok=True)
+        full_meta["ood"] = None
+    names.extend(_copy_into(out, Path(extra)) for extra in extra_files)
+
+    full_meta["files"] = {name: sha256_file(out / name) for name in names}
+    _write_meta(out, full_meta)
+    return out
+
+
+def read_bundle_meta(bundle_dir: str | Path) -> dict[str, Any]:
+    """Read and validate a bundle's ``model.json``, checking every file's SHA-256.
+
+    Args:
+        bundle_dir: the bundle folder.
+
+    Returns:
+        The metadata dict.
+
+    Raises:
+        BundleError: the folder or ``model.json`` is missing or invalid, the format version
+            is unknown, or a listed file is missing, of a pickle format, or changed.
+    """
+    bundle = Path(bundle_dir)
+    meta = _read_meta_json(bundle)
+    _check_format(bundle, meta)
+    _check_files(bundle, meta["files"])
+    return meta
+
+
+def load_torch_model(bundle_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a bundle's network in PyTorch and load its weights (strictly).
+
+    Args:
+        bundle_dir: the bundle folder.
+
+    Returns:
+        ``(model, meta)``; the model is in eval mode on the CPU.
+
+    Raises:
+        BundleError: the bundle is invalid, its architecture is unknown to this version of
+            mpoxscan, or the weights don't fit the architecture.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mpoxscan.models import create_model
+
+    meta = read_bundle_meta(bundle_dir)
+    arch = meta["architecture"]
+    try:
+        model = create_model(
+            arch["name"],
+            num_outputs=int(arch["num_outputs"]),
+            pretrained=False,
+            dropout=arch.get("dropout"),
+            image_size=int(arch["image_size"]),
+        )
+    except KeyError as err:
+        raise BundleError(
+            f"The bundle {bundle_dir} uses architecture {arch['name']!r}, which this version "
+            f"of mpoxscan does not know ({err}). Upgrade mpoxscan or re-train the bundle."
+        ) from err
+    path = Path(bundle_dir) / WEIGHTS_FILE
+    try:
+        state = load_file(path)
+        model.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError, OSError) as err:
+        raise BundleError(
+            f"The weights in {path} do not fit architecture {arch['name']!r} ({err}). The "
+            "bundle is damaged or was written by another version: re-export or re-train it."
+        ) from err
+    model.eval()
+    return model, meta
+
+
+def load_ood_detector(bundle_dir: str | Path, meta: Mapping[str, Any]) -> OodDetector | None:
+    """Load the bundle's out-of-domain detector, or ``None`` when it has none.
+
+    Args:
+        bundle_dir: the bundle folder.
+        meta: its validated metadata (from :func:`read_bundle_meta`).
+
+    Returns:
+        The fitted :class:`~mpoxscan.inference.quality.OodDetector`, or ``None``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from mpoxscan.inference.quality import OodDetector
+
+    ood_meta = meta.get("ood")
+    if not ood_meta:
+        return None
+    name = ood_meta.get("file", OOD_FILE)
+    if name not in meta.get("files", {}):
+        raise BundleError(
+            f"model.json in {bundle_dir} describes an out-of-domain detector but does not "
+            f"list its file {name!r}. Re-export the bundle."
+        )
+    try:
+        tensors = load_file(Path(bundle_dir) / name)
+        return OodDetector.from_tensors(tensors, threshold=float(ood_meta["threshold"]))
+    except (SafetensorError, KeyError, ValueError, OSError) as err:
+        raise BundleError(
+            f"The out-of-domain detector {Path(bundle_dir) / name} cannot be read ({err}). "
+            "Re-export the bundle."
+        ) from err
+
+
+def update_bundle_files(
+    bundle_dir: str | Path,
+    meta_updates: Mapping[str, Any] | None = None,
+    new_files: Iterable[str | Path] = (),
+) -> dict[str, Any]:
+    """Add or replace files in a bundle and rewrite ``model.json`` with their hashes.
+
+    The bundle is validated first, so an update never blesses a tampered file.
+
+    Args:
+        bundle_dir: the bundle folder.
+        meta_updates: top-level keys to set in ``model.json`` (e.g. ``{"onnx": {...}}``).
+        new_files: files to record: names relative to the bundle folder, or absolute paths
+            elsewhere, which are copied in.
+
+    Returns:
+        The new metadata.
+    """
+    bundle = Path(bundle_dir)
+    meta = read_bundle_meta(bundle)
+    meta.update(_to_json(dict(meta_updates or {})))
+    files = dict(meta["files"])
+    for item in new_files:
+        path = Path(item)
+        name = _copy_into(bundle, path if path.is_absolute() else bundle / path)
+        files[name] = sha256_file(bundle / name)
+    meta["files"] = files
+    _check_format(bundle, meta)
+    _write_meta(bundle, meta)
+    return meta
+
+
+def _complete_meta(meta: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    from mpoxscan import __version__
+
+    missing = [key for key in REQUIRED_META_KEYS if key not in meta]
+    if missing:
+        raise ValueError(f"save_bundle meta lacks {missing}; pass them (see docs/architecture.md)")
+    full = _to_json(dict(meta))
+    classes = full["classes"]
+    multiclass = bool(full.get("multiclass", False))
+    full.setdefault("positive_class", None if multiclass else classes[-1])
+    full["multiclass"] = multiclass
+    full.setdefault("temperature", 1.0)
+    full.setdefault("threshold", 0.5)
+    for key in ("config", "metrics"):
+        full.setdefault(key, {})
+    for key in ("command", "data_fingerprint"):
+        full.setdefault(key, None)
+    full["format_version"] = FORMAT_VERSION
+    full["mpoxscan_version"] = __version__
+    full["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    _check_semantics(out, full)
+    return full
+
+
+def _save_state_dict(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    # clone() so tensors that share storage (views, tied weights) can be saved individually.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def _save_ood(out: Path, ood: OodDetector) -> dict[str, Any]:
+    from safetensors.numpy import save_file
+
+    tensors = ood.to_tensors()
+    _write_atomic(out / OOD_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    return {
+        "file": OOD_FILE,
+        "method": "mahalanobis-ledoit-wolf",
+        "threshold": float(ood.threshold_),
+        "quantile": float(ood.quantile),
+        "margin": float(ood.margin),
+        "dim": int(tensors["mean"].shape[0]),
+    }
+
+
+def _copy_into(bundle: Path, path: Path) -> str:
+    if not path.is_file():
+        raise BundleError(f"Cannot add {path} to the bundle: it is not a file.")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise BundleError(f"Refusing to add {path.name}: bundles never carry pickle files.")
+    target = bundle / path.name
+    if path.resolve() != target.resolve():
+        _write_atomic(target, lambda tmp: shutil.copyfile(path, tmp))
+    return path.name
+
+
+def _write_meta(bundle: Path, meta: Mapping[str, Any]) -> None:
+    text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
+    _write_atomic(bundle / META_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _write_atomic(target: Path, write: Callable[[Path], object]) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        # Readable by the serving user too (some writers create files as 0600).
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_meta_json(bundle: Path) -> dict[str, Any]:
+    if not bundle.is_dir():
+        raise BundleError(
+            f"No model bundle at {bundle}: pass the folder that training wrote (it holds "
+            f"{META_FILE} and {WEIGHTS_FILE})."
+        )
+    path = bundle / META_FILE
+    if not path.is_file():
+        raise BundleError(
+            f"{path} is missing, so {bundle} is not a complete model bundle. Re-download the "
+            "bundle or train it again."
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(
+            f"{path} is not valid JSON ({err}). Re-download the bundle or train it again."
+        ) from err
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path} does not hold a JSON object. Re-download the bundle.")
+    return meta
+
+
+def _check_format(bundle: Path, meta: Mapping[str, Any]) -> None:
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{bundle / META_FILE} has format_version {version!r}; this mpoxscan reads format "
+            f"{FORMAT_VERSION}. Use the mpoxscan version that wrote the bundle, or re-export it."
+        )
+    _check_semantics(bundle, meta)
+
+
+def _check_semantics(bundle: Path, meta: Mapping[str, Any]) -> None:
+    problems = []
+    arch = meta.get("architecture")
+    if not isinstance(arch, dict) or not {"name", "num_outputs", "image_size"} <= arch.keys():
+        problems.append("architecture must give name, num_outputs and image_size")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2:
+        problems.append("classes must list at least two class names")
+    elif meta.get("positive_class") is not None and meta["positive_class"] not in classes:
+        problems.append(f"positive_class {meta['positive_class']!r} is not one of {classes}")
+    elif isinstance(arch, dict) and isinstance(arch.get("num_outputs"), int):
+        problems.extend(_output_problems(arch["num_outputs"], classes, meta.get("positive_class")))
+    prep = meta.get("preprocessing")
+    if not isinstance(prep, dict) or not {"image_size", "mean", "std"} <= prep.keys():
+        problems.append("preprocessing must give image_size, mean and std")
+    if "files" in meta and not isinstance(meta["files"], dict):
+        problems.append("files must map file names to SHA-256 hashes")
+    if problems:
+        raise BundleError(
+            f"{bundle / META_FILE} is invalid: {'; '.join(problems)}. Re-export the bundle."
+        )
+
+
+def _output_problems(num_outputs: int, classes: list, positive: str | None) -> list[str]:
+    """The outputs must mean what ``classes`` says (docs/architecture.md, "Labels")."""
+    if num_outputs == 1:
+        if len(classes) != 2:
+            return [f"a one-logit (binary) model needs exactly 2 classes, got {classes}"]
+        if positive not in (None, classes[1]):
+            return [f"a one-logit model's logit is classes[1] ({classes[1]!r}), not {positive!r}"]
+        return []
+    if num_outputs != len(classes):
+        return [f"{num_outputs} outputs but {len(classes)} classes"]
+    return []
+
+
+def _check_files(bundle: Path, files: Mapping[str, str] | None) -> None:
+    if not files or WEIGHTS_FILE not in files:
+        raise BundleError(
+            f"{bundle / META_FILE} does not list {WEIGHTS_FILE}. Bundles keep their weights "
+            "only as safetensors: re-export the bundle with this version of mpoxscan."
+        )
+    for name, expected in files.items():
+        path = bundle / name
+        if Path(name).name != name:
+            raise BundleError(f"{bundle / META_FILE} lists {name!r}, which is outside the bundle.")
+        if Path(name).suffix.lower() in PICKLE_SUFFIXES:
+            raise BundleError(
+                f"{bundle} lists {name}, a pickle file, which mpoxscan never loads (it can run "
+                "code). Re-export the bundle to safetensors."
+            )
+        if not path.is_file():
+            raise BundleError(
+                f"{path} is missing from the bundle. Re-download the bundle or export it again."
+            )
+        if sha256_file(path) != expected:
+            raise BundleError(
+                f"{path} has changed since the bundle was saved (its SHA-256 does not match "
+                "model.json): it is truncated, damaged or was replaced. Re-download or "
+                "re-export the bundle."
+            )
+
+
+def _to_json(value: Any) -> Any:
+    """Convert dataclasses, numpy values, paths and tuples to JSON; NaN/inf to None."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return _to_json(asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _to_json(value.tolist())
+    if isinstance(value, np.generic):
+        return _to_json(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value

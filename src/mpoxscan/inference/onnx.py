@@ -1,0 +1,275 @@
+"""ONNX export of a bundle and ONNX Runtime inference.
+
+The exported graph is the whole inference contract (see docs/architecture.md): input
+``pixels`` (N, 3, S, S) float32 RGB on the 0-255 scale, already resized; the graph normalises
+with the bundle's mean/std, runs the network, divides the logits by the temperature and returns
+``probabilities`` (N, n_classes) and ``embedding`` (N, C), with a dynamic batch axis. The torch
+backend of :class:`~mpoxscan.inference.predictor.Predictor` runs the same
+:class:`InferenceModule`, so both backends compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+from torch import nn
+
+from mpoxscan.errors import BundleError
+from mpoxscan.inference.bundle import ONNX_FILE, load_torch_model, update_bundle_files
+
+INPUT_NAME = "pixels"
+OUTPUT_NAMES = ("probabilities", "embedding")
+
+#: Largest allowed |p_onnx - p_torch| in the parity check after export.
+PARITY_TOLERANCE = 1e-4
+
+#: Random pixel batches checked when ``export_onnx`` gets no sample images.
+DEFAULT_PARITY_SAMPLES = 5
+
+#: Intra-op threads beyond this rarely speed up one small CNN forward pass.
+MAX_DEFAULT_THREADS = 4
+
+
+class InferenceModule(nn.Module):
+    """A network wrapped to the inference contract: 0-255 pixels in, probabilities out.
+
+    Args:
+        model: an :class:`~mpoxscan.models.registry.MpoxNet` (``forward_features``,
+            ``forward_head``).
+        mean: per-channel mean on the 0-255 scale.
+        std: per-channel divisor on the 0-255 scale.
+        temperature: logits are divided by it before the sigmoid/softmax (calibration).
+        binary: the network has one logit (of the positive class): probabilities are
+            ``[1 - p, p]`` with ``p = sigmoid(logit / T)``; otherwise a softmax.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        temperature: float = 1.0,
+        binary: bool = True,
+    ):
+        super().__init__()
+        if not temperature > 0:
+            raise BundleError(f"temperature must be positive, got {temperature}; re-export")
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.temperature = float(temperature)
+        self.binary = binary
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(probabilities (N, n_classes), embedding (N, C))`` for 0-255 pixels."""
+        features = self.model.forward_features((pixels - self.mean) / self.std)
+        logits = self.model.forward_head(features) / self.temperature
+        # The embedding is MpoxNet.embed computed from the same features: one forward pass.
+        embedding = features.mean(dim=(2, 3))
+        if self.binary:
+            positive = torch.sigmoid(logits)
+            return torch.cat([1.0 - positive, positive], dim=1), embedding
+        return torch.softmax(logits, dim=1), embedding
+
+
+def inference_module(model: nn.Module, meta: Mapping[str, Any]) -> InferenceModule:
+    """Wrap a bundle's network with its preprocessing and temperature.
+
+    Args:
+        model: the network from :func:`~mpoxscan.inference.bundle.load_torch_model`.
+        meta: the bundle's metadata.
+
+    Returns:
+        The wrapper, in eval mode.
+    """
+    prep = meta["preprocessing"]
+    temperature = meta.get("temperature")
+    module = InferenceModule(
+        model,
+        prep["mean"],
+        prep["std"],
+        temperature=1.0 if temperature is None else float(temperature),
+        binary=int(meta["architecture"]["num_outputs"]) == 1,
+    )
+    return module.eval()
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """The outcome of :func:`export_onnx`.
+
+    Attributes:
+        path: the written ``model.onnx``.
+        max_abs_diff: the largest |ONNX - PyTorch| probability difference on the samples.
+        n_samples: how many inputs were compared (each also alone, as a batch of one).
+    """
+
+    path: Path
+    max_abs_diff: float
+    n_samples: int
+
+
+def export_onnx(
+    bundle_dir: str | Path,
+    *,
+    opset: int = 17,
+    samples: Sequence[Image.Image] | np.ndarray | None = None,
+) -> ExportReport:
+    """Export a bundle's model to ``model.onnx`` in the bundle, checking it against PyTorch.
+
+    Args:
+        bundle_dir: the bundle folder.
+        opset: the ONNX opset version.
+        samples: photos (or a ``(N, 3, S, S)`` 0-255 pixel array) for the parity check;
+            ``None`` uses random pixel batches.
+
+    Returns:
+        The :class:`ExportReport`.
+
+    Raises:
+        BundleError: the bundle is invalid, or ONNX Runtime disagrees with PyTorch by
+            ``PARITY_TOLERANCE`` or more (then ``model.onnx`` is not written).
+    """
+    bundle = Path(bundle_dir)
+    model, meta = load_torch_model(bundle)
+    module = inference_module(model, meta)
+    size = int(meta["preprocessing"]["image_size"])
+    pixels = _parity_pixels(samples, size)
+
+    tmp = bundle / f".{ONNX_FILE}.{os.getpid()}.tmp"
+    try:
+        _export(module, tmp, size, opset)
+        diff = _parity(module, OnnxModel(tmp), pixels)
+        if not diff < PARITY_TOLERANCE:
+            raise BundleError(
+                f"The ONNX export of {bundle} differs from PyTorch by {diff:.2e} (allowed "
+                f"{PARITY_TOLERANCE:.0e}), so it was not saved. Serve this bundle with "
+                "backend='torch', or try another opset."
+            )
+        os.replace(tmp, bundle / ONNX_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    onnx_meta = {"opset": opset, "parity_max_abs_diff": diff, "parity_samples": len(pixels)}
+    update_bundle_files(bundle, {"onnx": onnx_meta}, [ONNX_FILE])
+    return ExportReport(path=bundle / ONNX_FILE, max_abs_diff=diff, n_samples=len(pixels))
+
+
+def _export(module: InferenceModule, path: Path, size: int, opset: int) -> None:
+    # The TorchScript-based exporter (dynamo=False). The torch.export one needs the extra
+    # onnxscript package and exports ~10x slower; its graph is tidier (EfficientNet-Lite's
+    # static same-padding becomes Conv pads instead of small constant Pad subgraphs, which
+    # ONNX Runtime folds at load anyway) with the same parity (< 1e-6).
+    example = torch.zeros(2, 3, size, size)
+    batch = {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: batch, **{name: batch for name in OUTPUT_NAMES}},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+
+
+def _parity_pixels(samples: Sequence[Image.Image] | np.ndarray | None, size: int) -> np.ndarray:
+    from mpoxscan.inference.predictor import images_to_pixels
+
+    if samples is None:
+        rng = np.random.default_rng(0)
+        shape = (DEFAULT_PARITY_SAMPLES, 3, size, size)
+        return rng.uniform(0.0, 255.0, shape).astype(np.float32)
+    if isinstance(samples, np.ndarray):
+        return np.ascontiguousarray(samples, dtype=np.float32)
+    if len(samples) == 0:
+        raise ValueError("export_onnx needs at least one sample image for the parity check")
+    return images_to_pixels(samples, size)
+
+
+def _parity(module: InferenceModule, onnx_model: OnnxModel, pixels: np.ndarray) -> float:
+    """Largest probability difference, for the whole batch and for the first input alone."""
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(pixels))[0].numpy()
+    batched, _ = onnx_model.run(pixels)
+    single, _ = onnx_model.run(pixels[:1])
+    return float(max(np.abs(batched - expected).max(), np.abs(single - expected[:1]).max()))
+
+
+def default_threads() -> int:
+    """Intra-op threads for ONNX Runtime: the usable cores, at most ``MAX_DEFAULT_THREADS``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no sched_getaffinity
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_THREADS, cores))
+
+
+class OnnxModel:
+    """An ONNX Runtime session for an exported bundle graph (CPU).
+
+    Args:
+        path: the ``model.onnx`` file.
+        threads: intra-op threads; ``None`` uses :func:`default_threads`.
+
+    Attributes:
+        session_: the ``onnxruntime.InferenceSession``.
+        image_size_: the input side the graph expects.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        self.threads = threads
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        # Don't busy-wait between requests: on a 2-core server spinning threads would take
+        # the CPU from the web workers decoding the next upload.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session_ = ort.InferenceSession(
+                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own untyped errors
+            raise BundleError(
+                f"ONNX Runtime cannot load {self.path} ({err}). Export it again with "
+                "mpoxscan.inference.onnx.export_onnx."
+            ) from err
+        shape = self.session_.get_inputs()[0].shape
+        self.image_size_ = shape[-1] if isinstance(shape[-1], int) else None
+
+    def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the graph.
+
+        Args:
+            pixels: ``(N, 3, S, S)`` RGB values on the 0-255 scale.
+
+        Returns:
+            ``(probabilities (N, n_classes), embeddings (N, C))`` as float32 arrays.
+        """
+        batch = np.ascontiguousarray(pixels, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"pixels must be (N, 3, S, S), got shape {batch.shape}")
+        if self.image_size_ is not None and batch.shape[2:] != (self.image_size_,) * 2:
+            raise ValueError(
+                f"pixels are {batch.shape[2]}x{batch.shape[3]}, the model takes "
+                f"{self.image_size_}x{self.image_size_}: resize with images_to_pixels"
+            )
+        probabilities, embeddings = self.session_.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        return probabilities, embeddings
