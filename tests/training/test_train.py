@@ -12,7 +12,7 @@ from mpoxscan.data.images import decode_image
 from mpoxscan.training.config import DataConfig, TrainConfig
 from mpoxscan.training.loop import class_balanced_loss
 
-from conftest import train_tiny_bundle
+from testdata import train_tiny_bundle
 
 
 def test_bundle_records_what_a_user_needs(tiny_bundle):
