@@ -22,8 +22,8 @@ serve: $(STAMP)
 # Debian's Chromium for the browser tests; never a downloaded browser build.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium fonts-wqy-microhei; fi; }
 
 test: $(STAMP) browser
 	$(BIN)/ruff check src tests benchmarks
