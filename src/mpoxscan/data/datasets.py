@@ -222,7 +222,7 @@ def fingerprint_records(records: list[ImageRecord]) -> str:
         return hashlib.sha256(b"").hexdigest()
     base = Path(os.path.commonpath([r.path.parent for r in records]))
     rows = sorted(
-        (r.path.relative_to(base).as_posix(), r.label, _file_sha256(r.path)) for r in records
+        (r.path.relative_to(base).as_posix(), r.label, file_sha256(r.path)) for r in records
     )
     digest = hashlib.sha256()
     for rel, label, file_hash in rows:
@@ -230,7 +230,8 @@ def fingerprint_records(records: list[ImageRecord]) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -1,0 +1,567 @@
+"""Batch prediction of image files: streamed, decoded in parallel with the model, resumable.
+
+Folders are walked lazily; a few batches of photos are decoded and resized in a thread pool
+(Pillow releases the GIL while decoding) while the model runs the previous batch, so memory
+stays constant however many files there are. Results go to CSV or JSON Lines, one row per file,
+flushed batch by batch; a rerun with the same output file skips the files already in it. A file
+that cannot be read gets an error row and the run goes on.
+
+The rows (see :func:`row_columns`) are produced by an *engine*: :class:`LocalEngine` (this
+process) or :class:`~mpoxscan.inference.ray_engine.RayEngine` (Ray Data), which compute the
+same rows with the same functions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Protocol
+
+import numpy as np
+
+from mpoxscan.data.images import IMAGE_SUFFIXES, decode_image
+from mpoxscan.data.transforms import resize_image
+from mpoxscan.errors import InvalidImageError, MpoxscanError
+from mpoxscan.inference.predictor import Predictor
+
+Row = dict[str, Any]
+OutputFormat = Literal["csv", "jsonl"]
+Engine = Literal["local", "ray"]
+
+#: Photos per forward pass. On 2 cores batches of 8 cost EfficientNet-Lite0 the least CPU
+#: per photo at 224x224 (larger batches' activations outgrow the caches; benchmarks/speed.md).
+BATCH_SIZE = 8
+
+#: Decode threads. A 224x224 JPEG decodes in under 1 ms of CPU against about 10 ms in the
+#: model, so the second thread mostly sleeps; a 12-megapixel phone JPEG takes about 80 ms,
+#: and one thread would then cap a run at about 12 photos/s on any number of cores.
+DECODE_WORKERS = 2
+
+#: Batches decoded ahead of the one the model is running (the bound on memory).
+PREFETCH_BATCHES = 2
+
+#: Output suffixes and their formats.
+OUTPUT_FORMATS: dict[str, OutputFormat] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+#: ``code`` of an error row when reading the file failed without an mpoxscan error code.
+UNREADABLE_CODE = "unreadable_file"
+
+#: Prefix of the per-class probability columns in CSV output (``p_Monkey Pox``).
+CLASS_COLUMN_PREFIX = "p_"
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How the local engine batches and decodes.
+
+    Attributes:
+        batch_size: photos per forward pass.
+        decode_workers: threads decoding and resizing photos while the model runs.
+        prefetch_batches: batches decoded ahead of the model (bounds memory).
+        threads: ONNX Runtime intra-op threads; ``None``: the usable cores, at most 4.
+    """
+
+    batch_size: int = BATCH_SIZE
+    decode_workers: int = DECODE_WORKERS
+    prefetch_batches: int = PREFETCH_BATCHES
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "decode_workers", "prefetch_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"BatchConfig.{name} must be at least 1, got {getattr(self, name)}"
+                )
+
+
+class PredictionEngine(Protocol):
+    """Something that turns image files into result rows, batch by batch, in input order."""
+
+    classes_: list[str]
+
+    def __call__(self, files: Iterable[Path]) -> Iterator[list[Row]]:
+        """Yield one list of rows (see :func:`row_columns`) per batch of ``files``."""
+        ...
+
+
+@dataclass
+class BatchSummary:
+    """What a run of :func:`predict_to_file` did.
+
+    Attributes:
+        out: the output file.
+        predicted: rows with a prediction written in this run.
+        failed: error rows (unreadable files) written in this run.
+        skipped: files left alone because the output already had them.
+        seconds: wall time of this run.
+    """
+
+    out: Path
+    predicted: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        """Files processed (predicted or failed) per second in this run."""
+        return (self.predicted + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+
+def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Yield image files: files as given, folders walked recursively in sorted order.
+
+    The walk is lazy: it holds the names of one folder at a time, never the whole tree. Folders
+    are not followed through symbolic links (no cycles); a subfolder that cannot be listed is
+    yielded itself, so that it gets an error row.
+
+    Args:
+        paths: files and folders.
+
+    Yields:
+        Files with an image suffix (``IMAGE_SUFFIXES``) in folders, plus every file given
+        directly, in the order of ``sorted(folder.rglob("*"))``.
+    """
+    for path in map(Path, paths):
+        if path.is_dir():
+            yield from _walk(path)
+        else:
+            yield path
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            # Sorting by name, depth first, gives the order of sorted(rglob("*")).
+            listing = sorted(
+                (entry.name, entry.is_dir(follow_symlinks=False))
+                for entry in entries
+                if entry.is_dir(follow_symlinks=False) or _is_image_file(entry)
+            )
+    except OSError:
+        yield folder
+        return
+    for name, is_dir in listing:
+        yield from _walk(folder / name) if is_dir else (folder / name,)
+
+
+def _is_image_file(entry: os.DirEntry[str]) -> bool:
+    suffix = os.path.splitext(entry.name)[1].lower()
+    return suffix in IMAGE_SUFFIXES and entry.is_file()
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Split an iterable into lists of ``size`` items (the last may be shorter), lazily."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class PreparedBatch:
+    """Files decoded and resized into model input.
+
+    Attributes:
+        files: the files, in order.
+        pixels: ``(n_ok, 3, S, S)`` float32 input of the files that decoded, in order.
+        failures: per file, ``None`` when it decoded, else ``(error message, error code)``.
+    """
+
+    files: list[Path]
+    pixels: np.ndarray
+    failures: list[tuple[str, str] | None]
+
+
+def prepare_batch(files: Sequence[Path], image_size: int) -> PreparedBatch:
+    """Decode and resize files into model input; files that cannot be read are noted.
+
+    The pixels are those of :func:`~mpoxscan.inference.predictor.images_to_pixels` on the
+    decoded photos.
+
+    Args:
+        files: image files.
+        image_size: the model's input side.
+
+    Returns:
+        The :class:`PreparedBatch`.
+    """
+    pixels = np.empty((len(files), 3, image_size, image_size), dtype=np.float32)
+    failures: list[tuple[str, str] | None] = []
+    n_ok = 0
+    for path in files:
+        try:
+            image = resize_image(decode_image(path), image_size)
+        except (InvalidImageError, OSError) as error:
+            failures.append((str(error), getattr(error, "code", UNREADABLE_CODE)))
+            continue
+        # uint8 HWC straight into the float32 CHW slot: one pass, no temporary float image.
+        pixels[n_ok] = np.asarray(image).transpose(2, 0, 1)
+        n_ok += 1
+        failures.append(None)
+    return PreparedBatch(list(files), pixels[:n_ok], failures)
+
+
+def prediction_rows(predictor: Predictor, batch: PreparedBatch) -> list[Row]:
+    """Run the model on a prepared batch and give one result row per file, in order.
+
+    Args:
+        predictor: a loaded predictor.
+        batch: from :func:`prepare_batch`.
+
+    Returns:
+        Rows with the keys of :func:`row_columns` (``probabilities`` a dict by class).
+    """
+    predictions = iter(())
+    if len(batch.pixels):
+        probabilities, _ = predictor.predict_pixels(batch.pixels)
+        predictions = iter([predictor.to_prediction(row) for row in probabilities])
+    rows = []
+    for path, failure in zip(batch.files, batch.failures, strict=True):
+        if failure is None:
+            prediction = next(predictions)
+            rows.append(
+                _row(path, prediction.label, prediction.probability, prediction.probabilities)
+            )
+        else:
+            rows.append(_row(path, error=failure[0], code=failure[1]))
+    return rows
+
+
+def _row(
+    path: Path,
+    label: str | None = None,
+    probability: float | None = None,
+    probabilities: dict[str, float] | None = None,
+    error: str | None = None,
+    code: str | None = None,
+) -> Row:
+    return {
+        "file": str(path),
+        "label": label,
+        "probability": probability,
+        "probabilities": probabilities,
+        "error": error,
+        "code": code,
+    }
+
+
+class LocalEngine:
+    """Predict in this process: decode threads feed batches to the model.
+
+    Args:
+        predictor: a loaded predictor (ONNX Runtime is much faster than PyTorch on a CPU).
+        config: batching and decoding settings.
+    """
+
+    def __init__(self, predictor: Predictor, config: BatchConfig | None = None):
+        self.predictor = predictor
+        self.config = config or BatchConfig()
+
+    @property
+    def classes_(self) -> list[str]:
+        """The predictor's classes, in output order."""
+        return list(self.predictor.classes_)
+
+    def __call__(self, files: Iterable[Path]) -> Iterator[list[Row]]:
+        """Yield the rows of each batch of ``files``, in order."""
+        for batch in self._prepared(files):
+            yield prediction_rows(self.predictor, batch)
+
+    def _prepared(self, files: Iterable[Path]) -> Iterator[PreparedBatch]:
+        config, size = self.config, self.predictor.image_size_
+        pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="mpoxscan-decode")
+        pending: deque[Future[PreparedBatch]] = deque()
+        try:
+            for chunk in chunked(files, config.batch_size):
+                pending.append(pool.submit(prepare_batch, chunk, size))
+                if len(pending) > config.prefetch_batches:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            # Also on an early stop (an interrupt, a consumer that breaks off): no stray work.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def open_engine(
+    model_dir: str | Path,
+    *,
+    engine: Engine = "local",
+    config: BatchConfig | None = None,
+    ray_address: str | None = None,
+) -> PredictionEngine:
+    """Load a bundle into a prediction engine.
+
+    Args:
+        model_dir: the bundle folder.
+        engine: ``"local"`` (this process) or ``"ray"`` (Ray Data; imports Ray only then).
+        config: batching settings (the batch size applies to both engines).
+        ray_address: Ray cluster to connect to; ``None``: ``RAY_ADDRESS`` when set, else a
+            local Ray started for the run.
+
+    Returns:
+        The engine; call it with files to get row batches.
+
+    Raises:
+        BundleError: the bundle is invalid.
+        MpoxscanError: ``engine="ray"`` and Ray is not installed.
+        ValueError: an unknown engine.
+    """
+    config = config or BatchConfig()
+    if engine == "local":
+        predictor = Predictor.load(model_dir, threads=config.threads, batch_size=config.batch_size)
+        return LocalEngine(predictor, config)
+    if engine == "ray":
+        try:
+            from mpoxscan.inference.ray_engine import RayConfig, RayEngine
+        except ModuleNotFoundError as error:
+            if error.name != "ray":
+                raise
+            raise MpoxscanError(
+                "--engine ray needs Ray: pip install 'mpoxscan[ray]'", code="ray_missing"
+            ) from error
+
+        return RayEngine.load(model_dir, config, RayConfig(address=ray_address))
+    raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+
+
+def predict_paths(
+    predictor: Predictor, files: Iterable[Path], batch_size: int = BATCH_SIZE
+) -> Iterator[Row]:
+    """Yield one result row per file, in order (the local engine, row by row).
+
+    Args:
+        predictor: a loaded predictor.
+        files: image files (e.g. from :func:`iter_image_files`).
+        batch_size: photos per forward pass.
+
+    Yields:
+        Rows with the keys of :func:`row_columns`: ``label``, ``probability`` (of the positive
+        class) and ``probabilities`` for a prediction, or ``error`` and ``code`` for a file
+        that cannot be read (the other files are still predicted).
+    """
+    engine = LocalEngine(predictor, BatchConfig(batch_size=batch_size))
+    for rows in engine(files):
+        yield from rows
+
+
+def output_format(out: Path) -> OutputFormat:
+    """The format of an output file, from its suffix (``.csv``, ``.jsonl`` or ``.ndjson``)."""
+    try:
+        return OUTPUT_FORMATS[out.suffix.lower()]
+    except KeyError:
+        raise ValueError(
+            f"Cannot tell the output format of {out}: name it *.csv or *.jsonl"
+        ) from None
+
+
+def row_columns(classes: Sequence[str], fmt: OutputFormat) -> list[str]:
+    """The columns of an output file.
+
+    JSON Lines rows have ``file, label, probability, probabilities, error, code``, with
+    ``probabilities`` an object by class; CSV has one ``p_<class>`` column per class instead.
+    ``probability`` is that of the positive class (empty without one); a file that cannot be
+    read has only ``file``, ``error`` and ``code``.
+    """
+    if fmt == "jsonl":
+        return ["file", "label", "probability", "probabilities", "error", "code"]
+    per_class = [f"{CLASS_COLUMN_PREFIX}{name}" for name in classes]
+    return ["file", "label", "probability", *per_class, "error", "code"]
+
+
+def read_finished(out: Path, classes: Sequence[str]) -> set[str]:
+    """Read the files an output already has, and cut off a partially written last line.
+
+    The file is read line by line (memory follows the number of files, not the file size).
+
+    Args:
+        out: a CSV or JSON Lines output of an earlier, maybe interrupted, run.
+        classes: the model's classes (the columns must match).
+
+    Returns:
+        The ``file`` of every complete row (an empty set when ``out`` does not exist).
+
+    Raises:
+        ValueError: ``out`` was written for other columns, or a row before the last is
+            malformed (then the file is left as it is).
+    """
+    if not out.exists():
+        return set()
+    fmt = output_format(out)
+    with out.open("rb") as handle:
+        if fmt == "csv":
+            files, end = _finished_csv(handle, out, classes)
+        else:
+            files, end = _finished_jsonl(handle, out)
+        size = handle.seek(0, os.SEEK_END)
+    if end < size:
+        with out.open("r+b") as handle:
+            handle.truncate(end)
+    return files
+
+
+def _complete_lines(handle: BinaryIO) -> Iterator[tuple[bytes, int]]:
+    """Each newline-terminated line with the offset just after it; a partial last is left out."""
+    offset = 0
+    for line in handle:
+        if not line.endswith(b"\n"):
+            return
+        offset += len(line)
+        yield line, offset
+
+
+def _malformed(out: Path, where: str) -> ValueError:
+    return ValueError(
+        f"{where} of {out} is not a result row of mpoxscan predict, and it is not the last "
+        "(cut-off) line; repair the file or write to a new --out file"
+    )
+
+
+def _finished_jsonl(handle: BinaryIO, out: Path) -> tuple[set[str], int]:
+    columns = set(row_columns((), "jsonl"))
+    files: set[str] = set()
+    end, malformed = 0, None
+    for number, (line, offset) in enumerate(_complete_lines(handle), start=1):
+        if malformed is not None:
+            raise _malformed(out, f"Line {malformed}")
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = None
+        if not isinstance(row, dict) or set(row) != columns:
+            malformed = number  # fine only as the last line: a cut-off write, redone
+            continue
+        files.add(row["file"])
+        end = offset
+    return files, end
+
+
+def _finished_csv(handle: BinaryIO, out: Path, classes: Sequence[str]) -> tuple[set[str], int]:
+    columns = row_columns(classes, "csv")
+    consumed = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal consumed
+        for line, offset in _complete_lines(handle):
+            consumed = offset
+            yield line.decode("utf-8", errors="replace")
+
+    reader = csv.reader(lines())
+    header = next(reader, None)
+    if header is None:
+        return set(), 0
+    if header != columns:
+        raise ValueError(
+            f"{out} has the columns {header}, this model writes {columns}; "
+            "write to a new --out file"
+        )
+    files: set[str] = set()
+    end, malformed = consumed, False
+    for row in reader:
+        if malformed:
+            raise _malformed(out, "A row")
+        if len(row) != len(columns):
+            malformed = True  # fine only as the last row: a cut-off write, redone
+            continue
+        files.add(row[0])
+        # csv reads no further than a row's last line, so `consumed` is where this row ends.
+        end = consumed
+    return files, end
+
+
+class _Writer:
+    """Appends rows to an output file in its format, flushing after each batch."""
+
+    def __init__(self, out: Path, fmt: OutputFormat, classes: Sequence[str]):
+        self.fmt = fmt
+        self.classes = list(classes)
+        new = not out.exists() or out.stat().st_size == 0
+        self.handle = out.open("a", encoding="utf-8", newline="")
+        self.csv = csv.writer(self.handle, lineterminator="\n") if fmt == "csv" else None
+        if new and self.csv is not None:
+            self.csv.writerow(row_columns(classes, "csv"))
+
+    def write(self, rows: list[Row]) -> None:
+        for row in rows:
+            if self.csv is not None:
+                self.csv.writerow(self._cells(row))
+            else:
+                self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.handle.flush()
+
+    def _cells(self, row: Row) -> list[Any]:
+        # csv writes floats with repr: they read back exactly.
+        probabilities = row["probabilities"] or {}
+        per_class = [probabilities.get(name) for name in self.classes]
+        values = [row["file"], row["label"], row["probability"], *per_class]
+        return [*values, row["error"], row["code"]]
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def predict_to_file(
+    engine: PredictionEngine,
+    paths: Iterable[str | Path],
+    out: str | Path,
+    *,
+    on_progress: Callable[[BatchSummary], None] | None = None,
+) -> BatchSummary:
+    """Predict image files and folders into a CSV or JSON Lines file, resuming an earlier run.
+
+    Files already in ``out`` (from an interrupted run with the same output) are skipped; a
+    partially written last line is cut off and redone. Rows are appended in walk order and
+    flushed after every batch, so an interrupted run loses at most the batches in flight.
+
+    Args:
+        engine: from :func:`open_engine` (or a :class:`LocalEngine`).
+        paths: image files and folders (walked with :func:`iter_image_files`).
+        out: ``*.csv`` or ``*.jsonl`` file; created when missing.
+        on_progress: called after every batch with the running summary.
+
+    Returns:
+        The :class:`BatchSummary` of this run.
+
+    Raises:
+        ValueError: the output's suffix is unknown, or it holds other columns.
+    """
+    out = Path(out)
+    fmt = output_format(out)
+    finished = read_finished(out, engine.classes_)
+    summary = BatchSummary(out=out)
+    start = time.perf_counter()
+
+    def todo() -> Iterator[Path]:
+        for path in iter_image_files(paths):
+            if str(path) in finished:
+                summary.skipped += 1
+            else:
+                yield path
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(out, fmt, engine.classes_)
+    try:
+        for rows in engine(todo()):
+            writer.write(rows)
+            failed = sum(row["error"] is not None for row in rows)
+            summary.failed += failed
+            summary.predicted += len(rows) - failed
+            summary.seconds = time.perf_counter() - start
+            if on_progress is not None:
+                on_progress(summary)
+    finally:
+        writer.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
