@@ -58,7 +58,9 @@ def _command_line(ctx: typer.Context) -> str:
 
 
 def _fail(error: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {error}")
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(str(error))}")
     raise typer.Exit(code=2)
 
 
@@ -303,7 +305,7 @@ def predict(
     engine: Annotated[
         EngineChoice,
         typer.Option(
-            help="local: this process; ray: Ray Data actors (pip install 'mpoxscan[ray]')."
+            help="local: this process; ray: Ray Data actors (needs mpoxscan's ray extra)."
         ),
     ] = EngineChoice.local,
     ray_address: Annotated[

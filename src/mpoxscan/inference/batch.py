@@ -330,7 +330,9 @@ def open_engine(
             if error.name != "ray":
                 raise
             raise MpoxscanError(
-                "--engine ray needs Ray: pip install 'mpoxscan[ray]'", code="ray_missing"
+                "--engine ray needs Ray Data, which is not installed: install mpoxscan's "
+                "ray extra (or the ray package with its data extra)",
+                code="ray_missing",
             ) from error
 
         return RayEngine.load(model_dir, config, RayConfig(address=ray_address))
