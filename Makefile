@@ -39,3 +39,10 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-output
+
+# Known vulnerabilities in the installed packages (pip-audit; accepted ones with reasons in
+# .ci/pip-audit-allow.txt). Skips, without failing, when the vulnerability service is out of
+# reach: see docs/security.md.
+.PHONY: audit-deps
+audit-deps: $(STAMP)
+	$(BIN)/python .ci/audit_deps.py --venv $(VENV)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import pytest
 from pydantic import ValidationError
@@ -194,3 +196,45 @@ def test_metric_sections_keep_measures_with_intervals():
     assert test["rows"][0]["ci"] is None
     assert test["counts"] == {"n_images": 46, "n_patients": 27}
     assert sections[2]["rows"][0]["std"] == "0.050"
+
+
+def test_naming_an_audit_database_turns_the_audit_log_on(monkeypatch):
+    assert Settings().audit_log is False
+    monkeypatch.setenv("MPOXSCAN_AUDIT_DB_URL", "sqlite:////tmp/audit.sqlite3")
+    assert Settings().audit_log is True
+
+
+def test_parts_limit_must_fit_the_photos_and_form_fields():
+    assert Settings(max_files=20, max_parts=24).max_parts == 24
+    with pytest.raises(ValidationError, match="MPOXSCAN_MAX_PARTS"):
+        Settings(max_files=20, max_parts=20)
+
+
+def test_upload_form_stops_at_too_many_parts():
+    body = multipart(*[("note", None, b"x") for _ in range(6)])
+    with pytest.raises(ApiError) as error:
+        parse(body, max_parts=5)
+    assert error.value.code == "too_many_parts"
+
+
+def test_upload_form_times_out_on_a_trickled_body():
+    async def trickle():
+        yield b"--XyZ\r\n"
+        await anyio.sleep(5)
+        yield b"never read"
+
+    async def read():
+        await read_upload_form(
+            "multipart/form-data; boundary=XyZ",
+            trickle(),
+            max_files=3,
+            max_file_bytes=100,
+            max_request_bytes=10_000,
+            max_seconds=0.2,
+        )
+
+    started = time.monotonic()
+    with pytest.raises(ApiError) as error:
+        anyio.run(read)
+    assert time.monotonic() - started < 3
+    assert (error.value.code, error.value.status_code) == ("upload_timeout", 408)

@@ -11,28 +11,30 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
 
+# The web tests take the shared test data from here too.
+from testdata import MSLD_DIR, make_lesion_photo  # noqa: F401
+
 IMAGE_SIZE = 64
-TESTS_DIR = Path(__file__).resolve().parents[1]
+BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _load_root_conftest():
-    # Every conftest.py outside a package is imported as "conftest", so the name may point at
-    # another one; load tests/conftest.py by its path under a name of its own.
-    path = TESTS_DIR / "conftest.py"
-    spec = importlib.util.spec_from_file_location("mpoxscan_root_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _load_root_conftest()
-make_lesion_photo = _root.make_lesion_photo
-MSLD_DIR: Path = _root.MSLD_DIR
+def load_benchmark(name: str) -> ModuleType:
+    """A script of ``benchmarks/`` (e.g. ``load_test``), imported by its path, once."""
+    module_name = f"mpoxscan_benchmark_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS_DIR / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        # Registered before it runs: dataclasses look their module up while it is executing.
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 def jpeg_bytes(image: Image.Image, **save_options: object) -> bytes:

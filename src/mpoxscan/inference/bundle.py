@@ -4,6 +4,7 @@ A bundle never contains pickles: weights are ``safetensors``, everything else JS
 a bundle from someone else cannot run their code. ``model.json["files"]`` records the SHA-256
 of every file the bundle relies on, and :func:`read_bundle_meta` checks each one on every load,
 so a truncated download or an edited weight file is refused instead of silently mispredicting.
+An ONNX graph must be self-contained (no external data files, which no hash would cover).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -401,6 +402,48 @@ def _check_files(bundle: Path, files: Mapping[str, str] | None) -> None:
                 "model.json): it is truncated, damaged or was replaced. Re-download or "
                 "re-export the bundle."
             )
+        if path.suffix.lower() == ".onnx":
+            _check_onnx_self_contained(path)
+
+
+def _check_onnx_self_contained(path: Path) -> None:
+    """Refuse an ONNX graph that keeps tensors in external files: those files are outside
+    ``model.json``'s hashes, so they could change the model unnoticed."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises protobuf's DecodeError and others
+        raise BundleError(
+            f"{path} is not a readable ONNX model ({err}). Re-export the bundle."
+        ) from err
+    external = [t.name for t in _onnx_tensors(model.graph) if _is_external(t)]
+    if external:
+        raise BundleError(
+            f"{path} keeps {len(external)} tensor(s) (e.g. {external[0]!r}) in external data "
+            "files, which model.json does not hash. Re-export the bundle with mpoxscan, which "
+            "writes one self-contained model.onnx."
+        )
+
+
+def _onnx_tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor of an ONNX graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _onnx_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _onnx_tensors(subgraph)
+
+
+def _is_external(tensor: Any) -> bool:
+    import onnx
+
+    return tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data) > 0
 
 
 def _to_json(value: Any) -> Any:

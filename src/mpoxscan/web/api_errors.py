@@ -11,6 +11,7 @@ from mpoxscan.errors import InvalidImageError
 ERROR_STATUS: dict[str, int] = {
     "no_file": 422,
     "too_many_files": 422,
+    "too_many_parts": 422,
     "file_too_large": 413,
     "request_too_large": 413,
     "empty_file": 422,
@@ -20,6 +21,7 @@ ERROR_STATUS: dict[str, int] = {
     "image_too_small": 422,
     "unsupported_media_type": 415,
     "malformed_request": 400,
+    "upload_timeout": 408,
     "validation_error": 422,
     "not_found": 404,
     "method_not_allowed": 405,

@@ -129,9 +129,11 @@ def analyse_uploads(
             )
             photos.append(None)
             continue
-        display = _display_copy(item)
         result = _photo_result(index, next(assessments))
-        if explain and result.status == "ok":
+        wants_heatmap = explain and result.status == "ok"
+        # The small copy costs a resize; only heat maps and the result page use it.
+        display = _display_copy(item) if wants_heatmap or with_photos else None
+        if wants_heatmap:
             png = heatmap_png_bytes(display, predictor.explain(display))
             result.heatmap_png = base64.b64encode(png).decode("ascii")
         results.append(result)

@@ -10,6 +10,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _MIB = 1024 * 1024
+#: Text fields a form may send besides its photos (``explain`` and room to spare).
+_FORM_FIELDS = 4
 
 
 class Settings(BaseSettings):
@@ -23,6 +25,11 @@ class Settings(BaseSettings):
         max_files: most photos in one request (photos of one patient).
         max_request_bytes: largest request body; checked while it streams in.
         max_pixels: largest width x height decoded (the decompression-bomb guard).
+        max_parts: most multipart parts in one request (photos, text fields and empty file
+            inputs together); a request with more is refused while it streams in.
+        max_upload_seconds: longest time a request body may take to arrive; a slower upload
+            (a stalled phone, or a client trickling bytes to hold a connection) gets
+            ``upload_timeout``.
         max_concurrent_predictions: requests whose photos are decoded and run through the
             model at the same time; the rest wait, so a burst cannot exhaust memory.
         rate_limit_per_minute: prediction requests per client IP per minute; 0 turns it off.
@@ -31,6 +38,13 @@ class Settings(BaseSettings):
         cors_origins: origins allowed to call the API from a browser; empty keeps CORS closed.
             Comma-separated or a JSON list in the environment.
         workers: uvicorn worker processes (each loads its own copy of the model).
+        log_client_ip: add the client's IP address to the access log (off: an address is
+            personal data, and the log needs none to be useful).
+        audit_log: keep an audit log of predictions (time, model, probabilities, band and the
+            photo's SHA-256, never the photo) in ``audit_db_url``. Off by default; setting
+            ``MPOXSCAN_AUDIT_DB_URL`` turns it on too.
+        audit_db_url: a SQLAlchemy database URL for the audit log; a SQLite file in the
+            working directory by default.
     """
 
     model_config = SettingsConfigDict(env_prefix="MPOXSCAN_", extra="ignore")
@@ -43,12 +57,18 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=101 * _MIB, gt=0)
     # 50 MP covers 48 MP phone cameras; a 50 MP RGB image is about 150 MB decoded.
     max_pixels: int = Field(default=50_000_000, gt=0)
+    max_parts: int = Field(default=40, ge=1)
+    # A 10 MiB photo at 1 Mbit/s takes 80 s; two minutes leaves room for a slow phone link.
+    max_upload_seconds: float = Field(default=120.0, gt=0)
     max_concurrent_predictions: int = Field(default=2, ge=1)
     rate_limit_per_minute: int = Field(default=60, ge=0)
     store_uploads: bool = False
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     workers: int = Field(default=1, ge=1)
+    log_client_ip: bool = False
+    audit_log: bool = False
+    audit_db_url: str = "sqlite:///mpoxscan-audit.sqlite3"
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -75,6 +95,22 @@ class Settings(BaseSettings):
                 "never writes them anywhere; unset MPOXSCAN_STORE_UPLOADS."
             )
         return value
+
+    @model_validator(mode="after")
+    def _audit_url_turns_auditing_on(self) -> Settings:
+        if "audit_db_url" in self.model_fields_set and not self.audit_log:
+            # Naming a database is asking for the log; silently not writing it would be worse.
+            self.audit_log = True
+        return self
+
+    @model_validator(mode="after")
+    def _parts_fit_the_files(self) -> Settings:
+        if self.max_parts < self.max_files + _FORM_FIELDS:
+            raise ValueError(
+                f"max_parts ({self.max_parts}) leaves no room for max_files ({self.max_files}) "
+                f"photos and the form's {_FORM_FIELDS} text fields; raise MPOXSCAN_MAX_PARTS."
+            )
+        return self
 
     @model_validator(mode="after")
     def _request_fits_a_photo(self) -> Settings:

@@ -2,8 +2,9 @@
 
 Starlette's own form parser spools every file part over 1 MiB to a temporary file; photos must
 never be written anywhere, so the body is parsed here with ``python_multipart``'s streaming
-parser and each photo is kept in a ``bytearray``. The limits are enforced while the body
-streams in, so an oversized request is refused before it is read in full.
+parser and each photo is kept in a ``bytearray``. The limits (bytes, parts, header sizes and
+time) are enforced while the body streams in, so an oversized, over-long or trickled request is
+refused before it is read in full.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from mpoxscan.web.api_errors import ApiError
@@ -20,6 +22,10 @@ FILE_FIELD = "file"
 #: Text fields are short flags (``explain``, ``lang``); longer ones are dropped.
 _MAX_FIELD_BYTES = 1024
 _MAX_FIELDS = 20
+#: A part's headers are a Content-Disposition and a Content-Type: a few hundred bytes.
+_MAX_PART_HEADER_BYTES = 8 * 1024
+#: RFC 2046 allows 70 characters; some clients use a little more.
+_MAX_BOUNDARY_BYTES = 200
 
 
 @dataclass
@@ -57,11 +63,14 @@ class _Part:
 class _FormCollector:
     """``python_multipart`` callbacks that collect parts into an ``UploadForm``."""
 
-    def __init__(self, *, max_files: int, max_file_bytes: int):
+    def __init__(self, *, max_files: int, max_file_bytes: int, max_parts: int):
         self.max_files = max_files
         self.max_file_bytes = max_file_bytes
+        self.max_parts = max_parts
         self.form = UploadForm()
         self.finished = False
+        self._parts = 0
+        self._header_bytes = 0
         self._part = _Part()
         self._header_name = bytearray()
         self._header_value = bytearray()
@@ -80,14 +89,33 @@ class _FormCollector:
         }
 
     def on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > self.max_parts:
+            raise ApiError(
+                "too_many_parts",
+                f"The form has more than {self.max_parts} parts; send one part per photo "
+                '(named "file") and nothing else.',
+            )
         self._part = _Part()
         self._disposition = b""
+        self._header_bytes = 0
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._header_name += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._header_value += data[start:end]
+
+    def _count_header_bytes(self, length: int) -> None:
+        self._header_bytes += length
+        if self._header_bytes > _MAX_PART_HEADER_BYTES:
+            raise ApiError(
+                "malformed_request",
+                f"A multipart part has over {_MAX_PART_HEADER_BYTES} bytes of headers; "
+                "send photos as ordinary form parts.",
+            )
 
     def on_header_end(self) -> None:
         if bytes(self._header_name).lower() == b"content-disposition":
@@ -183,6 +211,11 @@ def multipart_boundary(content_type: str | None) -> bytes:
     boundary = params.get(b"boundary")
     if not boundary:
         raise ApiError("malformed_request", "The multipart Content-Type has no boundary.")
+    if len(boundary) > _MAX_BOUNDARY_BYTES:
+        raise ApiError(
+            "malformed_request",
+            f"The multipart boundary is over {_MAX_BOUNDARY_BYTES} characters; RFC 2046 allows 70.",
+        )
     return boundary
 
 
@@ -193,6 +226,8 @@ async def read_upload_form(
     max_files: int,
     max_file_bytes: int,
     max_request_bytes: int,
+    max_parts: int = 40,
+    max_seconds: float = 120.0,
 ) -> UploadForm:
     """Parse a ``multipart/form-data`` body into memory.
 
@@ -203,25 +238,29 @@ async def read_upload_form(
         max_file_bytes: a larger ``file`` part is kept as ``Upload(too_large=True)`` with no
             bytes, so one oversized photo among several can be reported on its own.
         max_request_bytes: the whole body may not exceed this.
+        max_parts: most parts of any kind.
+        max_seconds: the whole body must arrive within this time.
 
     Returns:
         The photos in the order sent and the short text fields.
 
     Raises:
-        ApiError: ``unsupported_media_type``, ``malformed_request``, ``request_too_large`` or
-            ``too_many_files``.
+        ApiError: ``unsupported_media_type``, ``malformed_request``, ``request_too_large``,
+            ``too_many_files``, ``too_many_parts`` or ``upload_timeout``.
     """
     boundary = multipart_boundary(content_type)
-    collector = _FormCollector(max_files=max_files, max_file_bytes=max_file_bytes)
+    collector = _FormCollector(
+        max_files=max_files, max_file_bytes=max_file_bytes, max_parts=max_parts
+    )
     try:
-        parser = MultipartParser(boundary, collector.callbacks())
-        received = 0
-        async for chunk in chunks:
-            received += len(chunk)
-            if received > max_request_bytes:
-                raise _request_too_large(max_request_bytes)
-            parser.write(chunk)
-        parser.finalize()
+        with anyio.fail_after(max_seconds):
+            await _feed(MultipartParser(boundary, collector.callbacks()), chunks, max_request_bytes)
+    except TimeoutError as exc:
+        raise ApiError(
+            "upload_timeout",
+            f"The upload took longer than {max_seconds:g} seconds; send smaller photos or "
+            "retry on a faster connection.",
+        ) from exc
     except ValueError as exc:  # python_multipart's parse errors are ValueErrors
         raise ApiError("malformed_request", "The multipart body could not be parsed.") from exc
     if not collector.finished:
@@ -229,6 +268,19 @@ async def read_upload_form(
             "malformed_request", "The multipart body ended early; the upload was cut off."
         )
     return collector.form
+
+
+async def _feed(
+    parser: MultipartParser, chunks: AsyncIterator[bytes], max_request_bytes: int
+) -> None:
+    """Write the body into the parser as it arrives, counting bytes against the limit."""
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > max_request_bytes:
+            raise _request_too_large(max_request_bytes)
+        parser.write(chunk)
+    parser.finalize()
 
 
 def _request_too_large(max_request_bytes: int) -> ApiError:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import partial
 
+import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 
 from mpoxscan import __version__
 from mpoxscan.data.images import ImageLimits
 from mpoxscan.web.api_errors import ApiError
+from mpoxscan.web.audit import audit_records
 from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep
+from mpoxscan.web.observability import request_id
 from mpoxscan.web.schemas import ErrorResponse, Health, ModelInfo, PredictResponse
 from mpoxscan.web.service import Analysis, analyse_uploads
 from mpoxscan.web.settings import Settings
-from mpoxscan.web.uploads import UploadForm, check_content_length, read_upload_form
+from mpoxscan.web.uploads import Upload, UploadForm, check_content_length, read_upload_form
 from mpoxscan.web.workers import run_prediction
 
 logger = logging.getLogger(__name__)
@@ -49,10 +53,11 @@ _ERRORS = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         400: "malformed_request",
+        408: "upload_timeout",
         413: "file_too_large, request_too_large",
         415: "unsupported_media_type",
-        422: "no_file, too_many_files, empty_file, not_an_image, truncated_image, "
-        "too_many_pixels, validation_error",
+        422: "no_file, too_many_files, too_many_parts, empty_file, not_an_image, "
+        "truncated_image, too_many_pixels, validation_error",
         429: "rate_limited (with Retry-After)",
         500: "internal_error",
         503: "model_unavailable",
@@ -95,7 +100,7 @@ async def predict(
             explain=explain,
         ),
     )
-    log_analysis(analysis)
+    await finish_analysis(request, form.files, analysis)
     return analysis.response
 
 
@@ -137,6 +142,8 @@ async def read_photos(request: Request, settings: Settings) -> UploadForm:
         max_files=settings.max_files,
         max_file_bytes=settings.max_upload_bytes,
         max_request_bytes=settings.max_request_bytes,
+        max_parts=settings.max_parts,
+        max_seconds=settings.max_upload_seconds,
     )
     if not form.files:
         raise ApiError(
@@ -148,6 +155,25 @@ async def read_photos(request: Request, settings: Settings) -> UploadForm:
 def image_limits(settings: Settings) -> ImageLimits:
     """The decoding limits from the settings."""
     return ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+
+
+async def finish_analysis(request: Request, uploads: Sequence[Upload], analysis: Analysis) -> None:
+    """Log the request's counts and, when the audit log is on, store its rows."""
+    log_analysis(analysis)
+    audit = getattr(request.app.state, "audit_log", None)
+    if audit is None:
+        return
+    files = request.app.state.predictor.meta_["files"]
+    served = "model.onnx" if analysis.response.model.backend == "onnx" else "model.safetensors"
+    records = partial(
+        audit_records,
+        analysis.response,
+        uploads,
+        request_id=request_id(request),
+        model_sha256=files.get(served) or files["model.safetensors"],
+    )
+    # Hashing ten 10 MiB photos and a database round trip stay off the event loop.
+    await anyio.to_thread.run_sync(lambda: audit.record_or_log(records()))
 
 
 def log_analysis(analysis: Analysis) -> None:

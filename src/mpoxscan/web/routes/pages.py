@@ -14,13 +14,16 @@ from mpoxscan.inference.predictor import UNCERTAIN_FRACTION
 from mpoxscan.web.api_errors import ApiError
 from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep, get_language
 from mpoxscan.web.i18n import LANG_COOKIE, LANGUAGE_NAMES, LANGUAGES, normalise_language, translate
-from mpoxscan.web.routes.api import image_limits, log_analysis, read_photos
+from mpoxscan.web.routes.api import finish_analysis, image_limits, read_photos
 from mpoxscan.web.service import analyse_uploads
 from mpoxscan.web.workers import run_prediction
 
 router = APIRouter(include_in_schema=False)
 
 _ONE_YEAR_S = 365 * 24 * 3600
+#: Pages whose language-switch links point back at themselves; any other path (a 404, a
+#: form post) links home, so a path like ``//elsewhere.example`` never becomes a link.
+_PAGES = frozenset({"/", "/model", "/privacy"})
 
 #: The measures the model card shows, in this order (others in ``metrics`` are not shown).
 METRIC_ORDER: tuple[str, ...] = (
@@ -62,7 +65,7 @@ async def result_page(
             with_photos=True,
         ),
     )
-    log_analysis(analysis)
+    await finish_analysis(request, form.files, analysis)
     return render(request, "result.html", result=analysis.response, photos=analysis.photos)
 
 
@@ -111,7 +114,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
         "t": partial(translate, catalogue),
         "has_text": catalogue.__contains__,
         "languages": [(code, LANGUAGE_NAMES[code]) for code in LANGUAGES],
-        "path": request.url.path if request.method == "GET" else "/",
+        "path": _page_path(request),
         "model": request.app.state.model_info,
         "app_version": __version__,
         "max_files": settings.max_files,
@@ -128,6 +131,11 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     if chosen is not None:
         response.set_cookie(LANG_COOKIE, chosen, max_age=_ONE_YEAR_S, httponly=True, samesite="lax")
     return response
+
+
+def _page_path(request: Request) -> str:
+    path = request.url.path
+    return path if request.method == "GET" and path in _PAGES else "/"
 
 
 def render_error(request: Request, error: ApiError) -> Response:
