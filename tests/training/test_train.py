@@ -25,7 +25,7 @@ def test_bundle_records_what_a_user_needs(tiny_bundle):
         "mean": [127, 127, 127],
         "std": [128, 128, 128],
     }
-    assert 0 < meta["threshold"] < 1 and meta["temperature"] > 0
+    assert 0 < meta["threshold"] <= 1 and meta["temperature"] > 0
     assert meta["command"] == "pytest"
     assert meta["config"]["train"]["epochs"] == 2
     assert len(meta["data_fingerprint"]) == 64

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
 
 from mpoxscan.data.transforms import AugmentConfig
+
+#: How a model learns: the whole network end to end, or only its head on cached embeddings.
+RECIPES = ("finetune", "frozen-features")
+Recipe = Literal["finetune", "frozen-features"]
+#: Heads the frozen-features recipe can train on the cached embeddings.
+FEATURE_HEADS = ("linear", "logreg")
+FeatureHead = Literal["linear", "logreg"]
 
 
 def _from_dict(cls, values: dict[str, Any]):
@@ -62,6 +69,63 @@ class ModelConfig:
 
 
 @dataclass
+class FeatureConfig:
+    """The frozen-features recipe: the backbone embeds each photo once, only the head learns.
+
+    Attributes:
+        head: ``"logreg"`` fits an L2 logistic regression on standardised embeddings (its
+            ``C`` chosen on validation log loss) and writes it into the model's output layer;
+            ``"linear"`` trains the model's own head (dropout + linear) with AdamW and early
+            stopping on validation loss.
+        train_views: views embedded per training photo: the photo itself, its mirror image,
+            then random augmentations (``TrainConfig.augment``), so the head still sees
+            augmented photos although nothing is recomputed per epoch.
+        tta: average the logits of a photo and its mirror image at validation and test time.
+            The saved network scores one view; ``model.json`` records this flag.
+        epochs: maximum epochs of the ``"linear"`` head (an epoch over cached embeddings
+            costs milliseconds).
+        patience: early-stopping patience of the ``"linear"`` head, in epochs.
+        lr: learning rate of the ``"linear"`` head.
+        logreg_cs: inverse regularisation strengths tried by the ``"logreg"`` head.
+        cache_dir: folder for embeddings on disk (keyed by file hash, backbone weights, image
+            size, augmentation and seed); ``None`` keeps them in memory for the run only.
+        tail_blocks: partial fine-tuning (EfficientNet-Lite): cache the input of the last
+            ``tail_blocks`` backbone blocks instead, fit the head as above, then fine-tune those
+            blocks, the final 1x1 convolution and the head together at ``backbone_lr`` for up to
+            ``tail_epochs`` epochs (early stopping after ``TrainConfig.patience``). 0: head only.
+        tail_epochs: maximum epochs of that fine-tuning.
+    """
+
+    head: FeatureHead = "logreg"
+    train_views: int = 10
+    tta: bool = False
+    epochs: int = 300
+    patience: int = 30
+    lr: float = 1e-3
+    logreg_cs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+    cache_dir: str | None = None
+    tail_blocks: int = 0
+    tail_epochs: int = 10
+
+    def __post_init__(self) -> None:
+        if self.tail_blocks < 0:
+            raise ValueError(f"FeatureConfig.tail_blocks must be 0 or more, got {self.tail_blocks}")
+        if self.head not in FEATURE_HEADS:
+            raise ValueError(
+                f"FeatureConfig.head must be one of {FEATURE_HEADS}, got {self.head!r}"
+            )
+        if self.train_views < 1:
+            raise ValueError(
+                f"FeatureConfig.train_views must be at least 1, got {self.train_views}"
+            )
+        self.logreg_cs = tuple(float(c) for c in self.logreg_cs)
+        if not self.logreg_cs or min(self.logreg_cs) <= 0:
+            raise ValueError(
+                f"FeatureConfig.logreg_cs must be positive numbers, got {self.logreg_cs}"
+            )
+
+
+@dataclass
 class TrainConfig:
     """How the one training loop runs; the defaults are the recipe chosen on validation data."""
 
@@ -76,13 +140,26 @@ class TrainConfig:
     patience: int = 4
     seed: int = 0
     freeze_backbone: bool = False
+    # Partial fine-tuning: backbone parameters before this name prefix stay frozen (e.g.
+    # "backbone._blocks.13"); None trains the whole backbone.
+    trainable_from: str | None = None
+    # None: the model's benchmarked default (default_recipe), resolved when training starts
+    # and recorded in model.json.
+    recipe: Recipe | None = None
     # Screening favours sensitivity: the threshold is set on validation data to reach it.
     target_sensitivity: float = 0.95
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig(**self.augment)
+        if isinstance(self.augment.crop_scale, list):  # JSON has no tuples
+            self.augment.crop_scale = tuple(self.augment.crop_scale)
+        if isinstance(self.features, dict):
+            self.features = _from_dict(FeatureConfig, self.features)
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ValueError(f"TrainConfig.recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.epochs < 1:
             raise ValueError(f"TrainConfig.epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -96,6 +173,23 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a dict such as the one stored in ``model.json``."""
         return _from_dict(cls, values)
+
+
+def default_recipe(model_name: str) -> Recipe:
+    """The recipe ``mpoxscan train`` and ``mpoxscan cv`` use for a model unless told otherwise.
+
+    Pretrained EfficientNet-Lite models get the frozen-features recipe, which did best under
+    patient-grouped cross-validation (``benchmarks/accuracy.md``); seed-cnn and vgg16 have heads
+    on the whole feature map and are fine-tuned.
+    """
+    return "frozen-features" if model_name.startswith("efficientnet-lite") else "finetune"
+
+
+def with_recipe(train: TrainConfig, model: ModelConfig) -> TrainConfig:
+    """``train`` with its recipe resolved: ``None`` becomes the model's :func:`default_recipe`."""
+    if train.recipe is not None:
+        return train
+    return replace(train, recipe=default_recipe(model.name))
 
 
 def config_dict(data: DataConfig, model: ModelConfig, train: TrainConfig) -> dict[str, Any]:

@@ -20,16 +20,23 @@ from mpoxscan.data.datasets import DatasetIndex
 from mpoxscan.data.loading import ImageDataset
 from mpoxscan.data.splits import Fold, Split, grouped_folds
 from mpoxscan.evaluation.metrics import binary_metrics, summarize_folds, to_jsonable
-from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig, config_dict
-from mpoxscan.training.loop import fit, num_outputs_of
+from mpoxscan.training.config import (
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    config_dict,
+    with_recipe,
+)
+from mpoxscan.training.features import FeatureCache
+from mpoxscan.training.loop import num_outputs_of
 from mpoxscan.training.train import (
     build_model,
-    calibrate,
+    calibrate_logits,
+    calibrated,
+    fit_recipe,
     load_index,
     num_outputs_for,
-    score_split,
     split_metrics,
-    starts_pretrained,
     warn_about_leaks,
 )
 
@@ -52,18 +59,36 @@ def run_fold(
     index: DatasetIndex,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
+    *,
+    cache: FeatureCache | None = None,
+    show_progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Train and measure one fold; returns its summary entry and its out-of-fold rows."""
+    """Train and measure one fold; returns its summary entry and its out-of-fold rows.
+
+    ``cache`` holds the frozen-features recipe's embeddings across folds (each photo is
+    embedded once per run); the fine-tuning recipe ignores it.
+    """
     warn_about_leaks(Split(fold.train, fold.val, fold.test))
     model, prep = build_model(model_cfg, num_outputs_for(index), train_cfg.seed)
     binary = num_outputs_of(model) == 1
     train_ds, val_ds, test_ds = (
         ImageDataset(records, prep.image_size) for records in (fold.train, fold.val, fold.test)
     )
-    backbone_lr = train_cfg.backbone_lr if starts_pretrained(model_cfg) else train_cfg.head_lr
-    result = fit(model, train_ds, val_ds, train_cfg, prep, backbone_lr=backbone_lr)
-    temperature, threshold, _ = calibrate(model, val_ds, prep, binary, train_cfg.target_sensitivity)
-    proba, labels = score_split(model, test_ds, prep, temperature, binary)
+    fitted = fit_recipe(
+        model,
+        train_ds,
+        val_ds,
+        prep,
+        model_cfg,
+        train_cfg,
+        cache=cache,
+        show_progress=show_progress,
+    )
+    result = fitted.result
+    temperature, threshold, _ = calibrate_logits(
+        *fitted.logits(val_ds), binary, train_cfg.target_sensitivity
+    )
+    proba, labels = calibrated(*fitted.logits(test_ds), temperature, binary)
     records = test_ds.records
     entry = {
         "fold": fold.index,
@@ -139,6 +164,7 @@ def run_cv(
     folds: int = 5,
     repeats: int = 1,
     command: str = "",
+    show_progress: bool = True,
 ) -> dict[str, Any]:
     """Cross-validate a recipe with stratified, patient-grouped folds.
 
@@ -150,17 +176,22 @@ def run_cv(
         folds: number of folds K.
         repeats: number of reshuffled repeats R.
         command: the command line, recorded in the summary.
+        show_progress: draw per-epoch progress bars (fine-tuning).
 
     Returns:
         The summary dict that is also written to ``summary.json``.
     """
+    train_cfg = with_recipe(train_cfg, model_cfg)
     index = load_index(data_cfg)
     if index.multiclass:
         raise NotImplementedError("cross-validation currently supports binary screening only")
     out_dir.mkdir(parents=True, exist_ok=True)
     entries, rows = [], []
+    cache = FeatureCache(train_cfg.features.cache_dir)
     for fold in grouped_folds(index.records, n_folds=folds, repeats=repeats, seed=train_cfg.seed):
-        entry, fold_rows = run_fold(fold, index, model_cfg, train_cfg)
+        entry, fold_rows = run_fold(
+            fold, index, model_cfg, train_cfg, cache=cache, show_progress=show_progress
+        )
         entries.append(entry)
         rows.extend(fold_rows)
     write_oof(rows, out_dir / "oof.csv")

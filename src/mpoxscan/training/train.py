@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,19 @@ from mpoxscan.evaluation.plots import plot_confusion_matrix, plot_roc, plot_trai
 from mpoxscan.inference.bundle import save_bundle
 from mpoxscan.inference.quality import OodDetector
 from mpoxscan.models import create_model, get_model_spec
-from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig, config_dict
+from mpoxscan.training.config import (
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    config_dict,
+    with_recipe,
+)
+from mpoxscan.training.features import (
+    FeatureCache,
+    fit_frozen_head,
+    frozen_embeddings,
+    frozen_logits,
+)
 from mpoxscan.training.loop import FitResult, fit, num_outputs_of, predict_logits
 
 log = logging.getLogger(__name__)
@@ -78,6 +91,78 @@ def warn_about_leaks(split: Split) -> list[str]:
     return leaks
 
 
+@dataclass
+class FittedModel:
+    """A model trained by a recipe, with how that recipe scores photos.
+
+    Attributes:
+        result: the training history and chosen epoch (or ``C``).
+        logits: ``dataset -> (logits, labels)`` as the recipe scores photos (the frozen-features
+            recipe reads cached embeddings and may average test-time views).
+        embeddings: ``dataset -> (N, C)`` pooled embeddings, for the out-of-domain detector.
+    """
+
+    result: FitResult
+    logits: Callable[[ImageDataset], tuple[torch.Tensor, torch.Tensor]]
+    embeddings: Callable[[ImageDataset], np.ndarray]
+
+
+def fit_recipe(
+    model: nn.Module,
+    train_ds: ImageDataset,
+    val_ds: ImageDataset,
+    prep: Preprocessing,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    cache: FeatureCache | None = None,
+    show_progress: bool = True,
+) -> FittedModel:
+    """Train ``model`` in place with the recipe ``train_cfg.recipe`` names (``None``: the
+    model's default, see :func:`~mpoxscan.training.config.default_recipe`).
+
+    Args:
+        model: the registry model from :func:`build_model`.
+        train_ds: the training photos.
+        val_ds: the validation photos (epoch, ``C`` and early stopping are chosen on them).
+        prep: the model's preprocessing.
+        model_cfg: the model configuration (whether the backbone starts pretrained).
+        train_cfg: the training recipe.
+        cache: embeddings shared between calls (cross-validation folds); the
+            frozen-features recipe makes one from ``train_cfg.features.cache_dir`` otherwise.
+        show_progress: draw per-epoch progress bars (fine-tuning).
+
+    Returns:
+        A :class:`FittedModel`.
+    """
+    train_cfg = with_recipe(train_cfg, model_cfg)
+    if train_cfg.recipe == "frozen-features":
+        cache = cache if cache is not None else FeatureCache(train_cfg.features.cache_dir)
+        result = fit_frozen_head(model, train_ds, val_ds, train_cfg, prep, cache)
+        return FittedModel(
+            result,
+            lambda ds: frozen_logits(model, ds, train_cfg, prep, cache),
+            lambda ds: frozen_embeddings(model, ds, train_cfg, prep, cache),
+        )
+    if train_cfg.trainable_from is not None:
+        model.freeze_backbone(trainable_from=train_cfg.trainable_from)
+    backbone_lr = train_cfg.backbone_lr if starts_pretrained(model_cfg) else train_cfg.head_lr
+    result = fit(
+        model,
+        train_ds,
+        val_ds,
+        train_cfg,
+        prep,
+        backbone_lr=backbone_lr,
+        show_progress=show_progress,
+    )
+    return FittedModel(
+        result,
+        lambda ds: predict_logits(model, ds, prep),
+        lambda ds: embed_photos(model, ds, prep),
+    )
+
+
 def calibrate(
     model: nn.Module,
     val_ds: ImageDataset,
@@ -87,6 +172,13 @@ def calibrate(
 ) -> tuple[float, float, dict[str, Any]]:
     """Fit the temperature and pick the decision threshold, both on validation data only."""
     logits, labels = predict_logits(model, val_ds, prep)
+    return calibrate_logits(logits, labels, binary, target_sensitivity)
+
+
+def calibrate_logits(
+    logits: torch.Tensor, labels: torch.Tensor, binary: bool, target_sensitivity: float
+) -> tuple[float, float, dict[str, Any]]:
+    """:func:`calibrate` on validation logits already computed."""
     logits_np, labels_np = _logits_array(logits, binary), labels.numpy()
     temperature = fit_temperature(logits_np, labels_np, binary=binary)
     if not binary:
@@ -104,7 +196,13 @@ def score_split(
     binary: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated class probabilities (n, n_classes) and labels for every photo of a split."""
-    logits, labels = predict_logits(model, dataset, prep)
+    return calibrated(*predict_logits(model, dataset, prep), temperature, binary)
+
+
+def calibrated(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float, binary: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (n, n_classes) from logits and a temperature, and the labels."""
     return apply_temperature(_logits_array(logits, binary), temperature, binary), labels.numpy()
 
 
@@ -124,14 +222,20 @@ def split_metrics(
 
 
 @torch.no_grad()
-def fit_ood_detector(model: nn.Module, dataset: ImageDataset, prep: Preprocessing) -> OodDetector:
-    """Fit the out-of-domain detector on the training photos' backbone embeddings."""
+def embed_photos(model: nn.Module, dataset: ImageDataset, prep: Preprocessing) -> np.ndarray:
+    """Pooled backbone embeddings ``(N, C)`` of every photo of ``dataset``."""
     model.eval()
     embeddings = [
         model.embed(normalize_batch(images, prep)).numpy()
         for images, _ in torch.utils.data.DataLoader(dataset, batch_size=32)
     ]
-    return OodDetector().fit(np.concatenate(embeddings))
+    return np.concatenate(embeddings)
+
+
+def fit_ood_detector(model: nn.Module, dataset: ImageDataset, prep: Preprocessing) -> OodDetector:
+    """Fit the out-of-domain detector on the training photos' backbone embeddings."""
+    groups = [record.patient for record in dataset.records]
+    return OodDetector().fit(embed_photos(model, dataset, prep), groups=groups)
 
 
 def load_index(data_cfg: DataConfig) -> DatasetIndex:
@@ -168,6 +272,7 @@ def train_bundle(
     Returns:
         A :class:`TrainResult` with the bundle path and the test metrics.
     """
+    train_cfg = with_recipe(train_cfg, model_cfg)
     index = load_index(data_cfg)
     split = split_dataset(
         index,
@@ -179,20 +284,20 @@ def train_bundle(
     model, prep = build_model(model_cfg, num_outputs_for(index), train_cfg.seed)
     binary = num_outputs_of(model) == 1
     datasets = {name: ImageDataset(getattr(split, name), prep.image_size) for name in _SPLITS}
-    backbone_lr = train_cfg.backbone_lr if starts_pretrained(model_cfg) else train_cfg.head_lr
-    result = fit(
+    fitted = fit_recipe(
         model,
         datasets["train"],
         datasets["val"],
-        train_cfg,
         prep,
-        backbone_lr=backbone_lr,
+        model_cfg,
+        train_cfg,
         show_progress=show_progress,
     )
-    temperature, threshold, choice = calibrate(
-        model, datasets["val"], prep, binary, train_cfg.target_sensitivity
+    result = fitted.result
+    temperature, threshold, choice = calibrate_logits(
+        *fitted.logits(datasets["val"]), binary, train_cfg.target_sensitivity
     )
-    proba, labels = score_split(model, datasets["test"], prep, temperature, binary)
+    proba, labels = calibrated(*fitted.logits(datasets["test"]), temperature, binary)
     test_metrics = split_metrics(
         proba, labels, datasets["test"].records, index.classes, threshold, binary
     )
@@ -202,7 +307,9 @@ def train_bundle(
     meta.update(temperature=temperature, threshold=threshold)
     meta["metrics"] = to_jsonable({"test": test_metrics, "threshold_choice": choice})
     meta["data"]["leak_warnings"] = leaks
-    ood = fit_ood_detector(model, datasets["train"], prep)
+    # Grouped by patient: the threshold comes from distances of patients left out of the fit.
+    train_patients = [record.patient for record in datasets["train"].records]
+    ood = OodDetector().fit(fitted.embeddings(datasets["train"]), groups=train_patients)
     bundle_dir = save_bundle(out_dir, model, meta, ood=ood)
     _write_plots(bundle_dir, result, proba, labels, index.classes, threshold, binary)
     return TrainResult(bundle_dir, test_metrics, result.history, result.best_epoch)

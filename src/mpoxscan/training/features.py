@@ -1,0 +1,599 @@
+"""The frozen-features recipe: embed each photo once through the frozen backbone, train the head.
+
+A pretrained backbone that does not learn gives the same pooled embedding (``model.embed``) for a
+photo in every epoch and every fold, so it is computed once per photo and view and cached (in
+memory, and optionally on disk). The head then trains on those embeddings in milliseconds per
+epoch, which makes a repeated, patient-grouped cross-validation affordable on a laptop CPU.
+
+Views of a photo, by index: 0 is the photo, 1 its mirror image, 2 and on are random
+augmentations (``TrainConfig.augment``) seeded from the photo's file hash, the view index and
+the run's seed, so a cached view equals a recomputed one. Training uses the first
+``FeatureConfig.train_views`` views; validation and test use view 0, or the mean logit of views 0
+and 1 with test-time augmentation (``FeatureConfig.tta``).
+
+The result is still one network: the unchanged backbone plus the trained output layer, saved in
+the same bundle as a fine-tuned model.
+
+Partial fine-tuning the same way (``FeatureConfig.tail_blocks``, EfficientNet-Lite only): the
+input of the last ``tail_blocks`` backbone blocks is cached instead of the pooled embedding; the
+head is fitted first on the pooled output of the untouched tail, then tail and head are
+fine-tuned together at the backbone's learning rate ("linear probe, then fine-tune").
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from mpoxscan.data.loading import ImageDataset
+from mpoxscan.data.transforms import (
+    AugmentConfig,
+    Preprocessing,
+    build_augmentation,
+    normalize_batch,
+)
+from mpoxscan.training.config import TrainConfig
+from mpoxscan.training.loop import (
+    FitResult,
+    _loss_and_correct,
+    class_balanced_loss,
+    num_outputs_of,
+)
+
+#: The views averaged by test-time augmentation: the photo and its mirror image.
+TTA_VIEWS = 2
+# Bumped when the way views or embeddings are computed changes, so old disk caches miss.
+_CACHE_VERSION = 1
+
+
+class FeatureCache:
+    """Embeddings of photos, ``(n_views, C)`` float32 arrays keyed by a string.
+
+    Held in memory for the run; with ``cache_dir`` also written as ``<key>.npy`` files (plain
+    arrays, never pickles) that later runs read back.
+
+    Args:
+        cache_dir: folder for the ``.npy`` files, created on the first write; ``None`` keeps the
+            cache in memory only.
+    """
+
+    def __init__(self, cache_dir: str | Path | None = None):
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.memory: dict[str, np.ndarray] = {}
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The cached array for ``key``, from memory or disk; ``None`` when absent."""
+        if key in self.memory:
+            return self.memory[key]
+        if self.cache_dir is not None and (path := self.cache_dir / f"{key}.npy").is_file():
+            self.memory[key] = np.load(path, allow_pickle=False)
+            return self.memory[key]
+        return None
+
+    def put(self, key: str, array: np.ndarray) -> None:
+        """Store ``array`` under ``key`` (and on disk when the cache has a folder)."""
+        self.memory[key] = array
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            np.save(self.cache_dir / f"{key}.npy", array, allow_pickle=False)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def backbone_fingerprint(model: nn.Module, start: int | None = None) -> str:
+    """Hex SHA-256 over the weights and buffers that the cached arrays depend on.
+
+    Args:
+        model: a registry model.
+        start: ``None`` for pooled embeddings (everything outside ``model.head``); a block
+            index for the cached input of that block (the stem and the blocks before it).
+
+    Two models with equal fingerprints give every photo the same cached arrays.
+    """
+    head_keys = {f"head.{name}" for name in model.head.state_dict()}
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if name in head_keys or (start is not None and not _in_prefix(name, start)):
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _in_prefix(name: str, start: int) -> bool:
+    """Whether an EfficientNet-Lite state key belongs to the stem or a block before ``start``."""
+    if name.startswith(("backbone._conv_stem.", "backbone._bn0.")):
+        return True
+    parts = name.split(".")
+    return name.startswith("backbone._blocks.") and int(parts[2]) < start
+
+
+def photo_key(
+    file_hash: str,
+    backbone: str,
+    image_size: int,
+    augment: AugmentConfig,
+    seed: int,
+    start: int | None = None,
+) -> str:
+    """The cache key of one photo's views: everything the cached arrays depend on."""
+    parts = {
+        "version": _CACHE_VERSION,
+        "file": file_hash,
+        "backbone": backbone,
+        "image_size": image_size,
+        "augment": asdict(augment),
+        "seed": seed,
+    }
+    if start is not None:
+        parts["block_input"] = start
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def render_view(image: torch.Tensor, view: int, augment: nn.Module, seed: int) -> torch.Tensor:
+    """One view of a photo as a float ``(3, S, S)`` tensor in [0, 1].
+
+    Args:
+        image: the photo, uint8 ``(3, S, S)``.
+        view: 0 the photo, 1 its mirror image, 2 and on a random augmentation.
+        augment: the training augmentation (a kornia module).
+        seed: seeds the augmentation of this photo and view (ignored for views 0 and 1).
+    """
+    x = image.float().div(255.0)
+    if view == 0:
+        return x
+    if view == 1:
+        return x.flip(-1)
+    # A private generator state, so caching (which skips this call) changes no other randomness.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return augment(x[None])[0]
+
+
+def view_seed(file_hash: str, view: int, seed: int) -> int:
+    """The augmentation seed of one view of one photo (stable across runs and machines)."""
+    return int(hashlib.sha256(f"{file_hash}:{view}:{seed}".encode()).hexdigest()[:15], 16)
+
+
+@torch.no_grad()
+def compute_views(
+    model: nn.Module,
+    prep: Preprocessing,
+    image: torch.Tensor,
+    views: range,
+    file_hash: str,
+    augment: nn.Module,
+    seed: int,
+    start: int | None = None,
+) -> np.ndarray:
+    """Embed the given views of one photo: float32 ``(len(views), C)`` pooled embeddings, or
+    the ``(len(views), C, H, W)`` input of block ``start``."""
+    batch = torch.stack(
+        [render_view(image, v, augment, view_seed(file_hash, v, seed)) for v in views]
+    )
+    x = normalize_batch(batch, prep)
+    out = model.embed(x) if start is None else forward_prefix(model, x, start)
+    return out.numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def embed_dataset(
+    model: nn.Module,
+    prep: Preprocessing,
+    dataset: ImageDataset,
+    n_views: int,
+    *,
+    augment: AugmentConfig,
+    seed: int,
+    cache: FeatureCache,
+    start: int | None = None,
+) -> np.ndarray:
+    """Pooled embeddings of the first ``n_views`` views of every photo of ``dataset``.
+
+    Views already in ``cache`` are reused; missing ones are computed and added. With
+    ``start``, the arrays are the input of backbone block ``start`` instead (partial
+    fine-tuning).
+
+    Args:
+        model: a registry model (its backbone is used through ``model.embed``).
+        prep: the model's preprocessing.
+        dataset: the photos (decoded and resized to ``prep.image_size``).
+        n_views: how many views per photo (see the module docstring).
+        augment: the augmentation of views 2 and on.
+        seed: the run's seed (part of each view's augmentation seed).
+        cache: where embeddings are looked up and stored.
+        start: ``None`` for pooled embeddings, else the block whose input is wanted.
+
+    Returns:
+        float32 ``(len(dataset), n_views, C)`` (or ``(len(dataset), n_views, C, H, W)``).
+    """
+    model.eval()
+    backbone = backbone_fingerprint(model, start)
+    augmenter = build_augmentation(augment, prep.image_size)
+    out = []
+    for image, record in zip(dataset.images, dataset.records, strict=True):
+        file_hash = file_sha256(record.path)
+        key = photo_key(file_hash, backbone, prep.image_size, augment, seed, start)
+        cached = cache.get(key)
+        have = 0 if cached is None else len(cached)
+        if have < n_views:
+            extra = compute_views(
+                model, prep, image, range(have, n_views), file_hash, augmenter, seed, start
+            )
+            cached = extra if cached is None else np.concatenate([cached, extra])
+            cache.put(key, cached)
+        out.append(cached[:n_views])
+    if not out:
+        return np.zeros((0, n_views, 0), dtype=np.float32)
+    return np.stack(out)
+
+
+def tail_start(model: nn.Module, tail_blocks: int) -> int | None:
+    """Index of the first fine-tuned backbone block, or ``None`` when only the head trains.
+
+    Raises:
+        ValueError: the model is not an EfficientNet-Lite or has fewer blocks.
+    """
+    if tail_blocks == 0:
+        return None
+    blocks = getattr(getattr(model, "backbone", None), "_blocks", None)
+    if blocks is None or not hasattr(model, "head_act"):
+        raise ValueError(
+            "FeatureConfig.tail_blocks needs an efficientnet-lite model; set it to 0 for "
+            f"{getattr(model, 'architecture', type(model).__name__)}"
+        )
+    if tail_blocks > len(blocks):
+        raise ValueError(f"tail_blocks is {tail_blocks}, but the model has {len(blocks)} blocks")
+    return len(blocks) - tail_blocks
+
+
+def _run_blocks(model: nn.Module, x: torch.Tensor, blocks: range) -> torch.Tensor:
+    """EfficientNet-Lite blocks ``blocks`` as ``EfficientNetLite.forward_features`` runs them."""
+    net = model.backbone
+    rate = net._global_params.drop_connect_rate or 0.0
+    for index in blocks:
+        x = net._blocks[index](x, drop_connect_rate=rate * index / len(net._blocks))
+    return x
+
+
+def forward_prefix(model: nn.Module, x: torch.Tensor, start: int) -> torch.Tensor:
+    """The input of backbone block ``start``: the stem and the blocks before it."""
+    net = model.backbone
+    return _run_blocks(model, model.stem_act(net._bn0(net._conv_stem(x))), range(start))
+
+
+def forward_tail_features(model: nn.Module, x: torch.Tensor, start: int) -> torch.Tensor:
+    """From the input of block ``start`` to the last feature map, as ``forward_features``."""
+    net = model.backbone
+    x = _run_blocks(model, x, range(start, len(net._blocks)))
+    return model.head_act(net._bn1(net._conv_head(x)))
+
+
+def head_logits(model: nn.Module, embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """The head's logits for pooled embeddings ``(..., C)``; returns ``(..., num_outputs)``.
+
+    The embedding is fed to ``forward_head`` as a 1x1 feature map, whose mean is itself.
+    """
+    x = torch.as_tensor(embeddings)
+    flat = x.reshape(-1, x.shape[-1])
+    logits = model.forward_head(flat[:, :, None, None])
+    return logits.reshape(*x.shape[:-1], logits.shape[-1])
+
+
+def check_pooled_head(model: nn.Module) -> None:
+    """Raise ``ValueError`` unless the model's head reads only the pooled feature map.
+
+    The recipe trains the head on pooled embeddings, which is exact only for heads that pool
+    first (EfficientNet-Lite); seed-cnn and vgg16 flatten the whole map.
+    """
+    linears = [m for m in model.head.modules() if isinstance(m, nn.Linear)]
+    feature_map = torch.randn(2, linears[0].in_features if linears else 1, 3, 3)
+    model.eval()
+    try:
+        with torch.no_grad():
+            whole = model.forward_head(feature_map)
+            pooled = head_logits(model, feature_map.mean(dim=(2, 3)))
+        pools = len(linears) == 1 and torch.allclose(whole, pooled, atol=1e-5)
+    except RuntimeError:
+        pools = False
+    if not pools:
+        raise ValueError(
+            f"The frozen-features recipe needs a head on pooled features with one linear layer "
+            f"(efficientnet-lite*); {getattr(model, 'architecture', type(model).__name__)} has "
+            "another head. Use --recipe finetune for it."
+        )
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The head's (last) linear layer, where a logistic regression is written."""
+    return [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def tta_views(cfg: TrainConfig) -> int:
+    """Views scored per validation or test photo: the photo, and its mirror with TTA."""
+    return TTA_VIEWS if cfg.features.tta else 1
+
+
+def fit_frozen_head(
+    model: nn.Module,
+    train_ds: ImageDataset,
+    val_ds: ImageDataset,
+    cfg: TrainConfig,
+    prep: Preprocessing,
+    cache: FeatureCache,
+) -> FitResult:
+    """Freeze the backbone and train the head (and the tail, if asked) on cached arrays.
+
+    Args:
+        model: a registry model whose head pools first (EfficientNet-Lite).
+        train_ds: training photos; ``cfg.features.train_views`` views of each are embedded.
+        val_ds: validation photos; choose the epoch (``linear``) or ``C`` (``logreg``).
+        cfg: the training configuration (``cfg.features`` holds this recipe's knobs).
+        prep: the model's preprocessing.
+        cache: the embedding cache (share one across folds: each photo is embedded once).
+
+    Returns:
+        A :class:`FitResult`; ``model`` holds the chosen head on return, its backbone untouched
+        unless ``cfg.features.tail_blocks`` fine-tuned its last blocks. For ``logreg`` each
+        history row is one ``C`` (``epoch`` is its 1-based index); tail epochs follow, marked
+        ``"stage": "tail"``.
+    """
+    check_pooled_head(model)
+    start = tail_start(model, cfg.features.tail_blocks)
+    model.freeze_backbone()
+    model.eval()
+    views = {"augment": cfg.augment, "seed": cfg.seed, "cache": cache, "start": start}
+    x_train = embed_dataset(model, prep, train_ds, cfg.features.train_views, **views)
+    x_val = embed_dataset(model, prep, val_ds, tta_views(cfg), **views)
+    e_train, e_val = _pooled(model, x_train, start), _pooled(model, x_val, start)
+    y_train, y_val = train_ds.labels, val_ds.labels
+    fit_head = _fit_logreg if cfg.features.head == "logreg" else _fit_linear
+    result = fit_head(model, e_train, y_train, e_val, y_val, cfg)
+    if start is None:
+        return result
+    return _fit_tail(model, x_train, y_train, x_val, y_val, cfg, start, result)
+
+
+@torch.no_grad()
+def _pooled(model: nn.Module, x: np.ndarray, start: int | None) -> np.ndarray:
+    """Pooled embeddings ``(N, V, C)`` from cached arrays (block inputs run through the tail)."""
+    if start is None or len(x) == 0:
+        return x
+    model.eval()
+    flat = torch.from_numpy(x.reshape(-1, *x.shape[2:]))
+    pooled = [
+        forward_tail_features(model, chunk, start).mean(dim=(2, 3)) for chunk in flat.split(64)
+    ]
+    return torch.cat(pooled).numpy().reshape(*x.shape[:2], -1)
+
+
+def _fit_tail(
+    model: nn.Module,
+    x_train: np.ndarray,
+    y_train: torch.Tensor,
+    x_val: np.ndarray,
+    y_val: torch.Tensor,
+    cfg: TrainConfig,
+    start: int,
+    head_result: FitResult,
+) -> FitResult:
+    """Fine-tune blocks ``start`` and on, the final convolution and the head on cached block
+    inputs, every training view a sample; early stopping on validation loss."""
+    torch.manual_seed(cfg.seed)
+    model.freeze_backbone(trainable_from=f"backbone._blocks.{start}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.backbone_lr, weight_decay=cfg.weight_decay)
+    n_views = x_train.shape[1]
+    rows = torch.from_numpy(x_train.reshape(-1, *x_train.shape[2:]))
+    labels = y_train.repeat_interleave(n_views)
+    loss_fn = class_balanced_loss(y_train.tolist(), num_outputs_of(model))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history = [row | {"stage": "head"} for row in head_result.history]
+    offset = len(history)
+    best_loss = _tail_val_loss(model, x_val, y_val, loss_fn, start)[0]
+    best_epoch, best_state, stale = head_result.best_epoch, copy.deepcopy(model.state_dict()), 0
+    for epoch in range(1, cfg.features.tail_epochs + 1):
+        model.train()
+        total, correct = 0.0, 0
+        for batch in torch.randperm(len(rows), generator=generator).split(cfg.batch_size):
+            logits = model.forward_head(forward_tail_features(model, rows[batch], start))
+            loss, batch_correct = _loss_and_correct(logits, labels[batch], loss_fn)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            correct += batch_correct
+        val_loss, val_acc = _tail_val_loss(model, x_val, y_val, loss_fn, start)
+        row = _row(offset + epoch, total / len(rows), correct / len(rows), val_loss, val_acc)
+        history.append(row | {"stage": "tail"})
+        if val_loss < best_loss:
+            best_loss, best_epoch, stale = val_loss, offset + epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    model.freeze_backbone()
+    model.eval()
+    return FitResult(history=history, best_epoch=best_epoch, best_state=best_state)
+
+
+@torch.no_grad()
+def _tail_val_loss(
+    model: nn.Module, x: np.ndarray, y: torch.Tensor, loss_fn: nn.Module, start: int
+) -> tuple[float, float]:
+    """Validation loss and accuracy through tail and head, logits averaged over views."""
+    return _val_loss(model, _pooled(model, x, start), y, loss_fn)
+
+
+def _fit_linear(
+    model: nn.Module,
+    x_train: np.ndarray,
+    y_train: torch.Tensor,
+    x_val: np.ndarray,
+    y_val: torch.Tensor,
+    cfg: TrainConfig,
+) -> FitResult:
+    """AdamW on the head over every training view; early stopping on validation loss."""
+    torch.manual_seed(cfg.seed)
+    n_views = x_train.shape[1]
+    rows = torch.from_numpy(x_train.reshape(-1, x_train.shape[-1]))
+    labels = y_train.repeat_interleave(n_views)
+    loss_fn = class_balanced_loss(y_train.tolist(), num_outputs_of(model))
+    optimizer = torch.optim.AdamW(
+        model.head_parameters(), lr=cfg.features.lr, weight_decay=cfg.weight_decay
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, float]] = []
+    best_loss, best_epoch, best_head, stale = float("inf"), 0, None, 0
+    for epoch in range(1, cfg.features.epochs + 1):
+        model.head.train()
+        total, correct = 0.0, 0
+        for batch in torch.randperm(len(rows), generator=generator).split(cfg.batch_size):
+            loss, batch_correct = _loss_and_correct(
+                head_logits(model, rows[batch]), labels[batch], loss_fn
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            correct += batch_correct
+        val_loss, val_acc = _val_loss(model, x_val, y_val, loss_fn)
+        history.append(_row(epoch, total / len(rows), correct / len(rows), val_loss, val_acc))
+        if val_loss < best_loss or best_head is None:
+            best_loss, best_epoch, stale = val_loss, epoch, 0
+            best_head = copy.deepcopy(model.head.state_dict())
+        else:
+            stale += 1
+            if stale >= cfg.features.patience:
+                break
+    model.head.load_state_dict(best_head)
+    model.eval()
+    return FitResult(history=history, best_epoch=best_epoch, best_state=model.state_dict())
+
+
+def _fit_logreg(
+    model: nn.Module,
+    x_train: np.ndarray,
+    y_train: torch.Tensor,
+    x_val: np.ndarray,
+    y_val: torch.Tensor,
+    cfg: TrainConfig,
+) -> FitResult:
+    """L2 logistic regression per ``C`` on standardised embeddings; the lowest validation loss
+    wins and is written into the output layer (the standardisation folded into its weights)."""
+    rows = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64)
+    labels = y_train.repeat_interleave(x_train.shape[1]).numpy()
+    mean, scale = rows.mean(axis=0), rows.std(axis=0) + 1e-6
+    loss_fn = class_balanced_loss(y_train.tolist(), num_outputs_of(model))
+    history: list[dict[str, float]] = []
+    best_loss, best_epoch, best_head = float("inf"), 0, None
+    for index, c in enumerate(cfg.features.logreg_cs, start=1):
+        classifier = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
+        classifier.fit((rows - mean) / scale, labels)
+        _write_linear(output_layer(model), classifier, mean, scale)
+        train_loss, train_acc = _val_loss(model, x_train, y_train, loss_fn)
+        val_loss, val_acc = _val_loss(model, x_val, y_val, loss_fn)
+        history.append(_row(index, train_loss, train_acc, val_loss, val_acc) | {"C": c})
+        if val_loss < best_loss or best_head is None:
+            best_loss, best_epoch = val_loss, index
+            best_head = copy.deepcopy(model.head.state_dict())
+    model.head.load_state_dict(best_head)
+    return FitResult(history=history, best_epoch=best_epoch, best_state=model.state_dict())
+
+
+def _write_linear(
+    layer: nn.Linear, classifier: LogisticRegression, mean: np.ndarray, scale: np.ndarray
+) -> None:
+    """Copy a logistic regression on ``(x - mean) / scale`` into ``layer`` acting on ``x``."""
+    coef = classifier.coef_ / scale
+    intercept = classifier.intercept_ - coef @ mean
+    if coef.shape[0] != layer.out_features:
+        raise ValueError(
+            f"The logistic regression has {coef.shape[0]} output(s), the model "
+            f"{layer.out_features}: every class needs training photos."
+        )
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(coef).to(layer.weight.dtype))
+        layer.bias.copy_(torch.from_numpy(intercept).to(layer.bias.dtype))
+
+
+@torch.no_grad()
+def _val_loss(
+    model: nn.Module, x: np.ndarray, y: torch.Tensor, loss_fn: nn.Module
+) -> tuple[float, float]:
+    """Loss and accuracy of the head on embeddings ``(N, V, C)``, logits averaged over views."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    loss, correct = _loss_and_correct(head_logits(model, x).mean(dim=1), y, loss_fn)
+    return float(loss), correct / len(y)
+
+
+def _row(
+    epoch: int, train_loss: float, train_acc: float, val_loss: float, val_acc: float
+) -> dict[str, float]:
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_accuracy": train_acc,
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+    }
+
+
+@torch.no_grad()
+def frozen_logits(
+    model: nn.Module,
+    dataset: ImageDataset,
+    cfg: TrainConfig,
+    prep: Preprocessing,
+    cache: FeatureCache,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (mean over the TTA views) and labels of every photo, from cached embeddings.
+
+    Without TTA these are the logits the saved network gives for the photos (up to float
+    rounding); with TTA they average the photo and its mirror image.
+    """
+    start = tail_start(model, cfg.features.tail_blocks)
+    x = embed_dataset(
+        model,
+        prep,
+        dataset,
+        tta_views(cfg),
+        augment=cfg.augment,
+        seed=cfg.seed,
+        cache=cache,
+        start=start,
+    )
+    model.eval()
+    if len(x) == 0:
+        return torch.empty(0, num_outputs_of(model)), dataset.labels
+    return head_logits(model, _pooled(model, x, start)).mean(dim=1), dataset.labels
+
+
+def frozen_embeddings(
+    model: nn.Module,
+    dataset: ImageDataset,
+    cfg: TrainConfig,
+    prep: Preprocessing,
+    cache: FeatureCache,
+) -> np.ndarray:
+    """The photos' own embeddings (view 0), ``(N, C)``, for the out-of-domain detector."""
+    start = tail_start(model, cfg.features.tail_blocks)
+    x = embed_dataset(
+        model, prep, dataset, 1, augment=cfg.augment, seed=cfg.seed, cache=cache, start=start
+    )
+    return _pooled(model, x, start)[:, 0]
