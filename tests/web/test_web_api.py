@@ -389,3 +389,20 @@ def test_a_large_photo_is_never_written_to_disk(client, file_writes, tmp_path, m
     assert file_writes == []
     assert list(temp_dir.iterdir()) == []
     assert list(work_dir.iterdir()) == []
+
+
+def test_exif_rotated_photo_gets_the_upright_photos_prediction(client):
+    """A phone photo stored sideways with an EXIF orientation tag is judged as it is seen."""
+    upright = make_lesion_photo(True, seed=11, size=160).crop((0, 0, 160, 120))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    # PNG, so that both files hold exactly the same pixels (JPEG blocks would differ).
+    stored = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(stored, format="PNG", exif=exif.tobytes())
+    answers = [
+        client.post("/api/v1/predict", files=photo_parts(data, name="p.png")).json()["results"][0]
+        for data in (png_bytes(upright), stored.getvalue())
+    ]
+    assert answers[0]["status"] == answers[1]["status"] == "ok"
+    p_upright, p_stored = (a["prediction"]["probability"] for a in answers)
+    assert p_stored == pytest.approx(p_upright, abs=1e-3)
