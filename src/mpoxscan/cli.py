@@ -139,7 +139,7 @@ def _configs(
     trainable_from: str | None = None,
     train_config: Path | None = None,
 ):
-    from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig, default_recipe
+    from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig
 
     data_cfg = DataConfig(
         data_dir=str(data),
@@ -154,8 +154,6 @@ def _configs(
     train_kwargs |= {"seed": seed, "target_sensitivity": target_sensitivity}
     if recipe is not RecipeChoice.auto:
         train_kwargs["recipe"] = recipe.value
-    elif "recipe" not in train_kwargs:
-        train_kwargs["recipe"] = default_recipe(model)
     if epochs is not None:
         train_kwargs["epochs"] = epochs
     if trainable_from is not None:
