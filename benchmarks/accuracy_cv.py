@@ -109,9 +109,28 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         ["--model", "efficientnet-lite0", "--recipe", "finetune", "--folds", "5"],
         "selection",
     ),
+    "lite0-finetune-last5": (
+        [
+            *("--model", "efficientnet-lite0", "--recipe", "finetune"),
+            *("--trainable-from", "backbone._blocks.11", "--folds", "5"),
+        ],
+        "selection",
+    ),
     "seed-cnn-finetune": (
         ["--model", "seed-cnn", "--recipe", "finetune", "--folds", "5"],
         "baseline",
+    ),
+    "seed-cnn-finetune-long": (
+        [
+            *("--model", "seed-cnn", "--recipe", "finetune", "--epochs", "40"),
+            *("--patience", "10", "--folds", "5"),
+        ],
+        "baseline",
+    ),
+    # The chosen default (no recipe flags) on folds the selection never saw (seed 1).
+    "final-default": (
+        ["--feature-cache", CACHE, "--seed", "1", "--folds", "5", "--repeats", "3"],
+        "final (fixed recipe)",
     ),
 }
 

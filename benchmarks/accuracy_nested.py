@@ -56,10 +56,10 @@ class Candidate:
 
 
 def candidates(names: list[str] | None = None) -> list[Candidate]:
-    """The frozen-features grid: backbone and size, head, views, TTA."""
+    """The frozen-features grid of the model-selection table (10 training views each)."""
 
     def make(name: str, model: str, size: int | None, **features: Any) -> Candidate:
-        feature_cfg = FeatureConfig(cache_dir=str(CACHE), **features)
+        feature_cfg = FeatureConfig(cache_dir=str(CACHE), train_views=10, **features)
         return Candidate(
             name,
             ModelConfig(name=model, image_size=size),
@@ -67,11 +67,11 @@ def candidates(names: list[str] | None = None) -> list[Candidate]:
         )
 
     grid = [
-        make("lite0-logreg", "efficientnet-lite0", None, head="logreg", train_views=10),
-        make("lite0-linear", "efficientnet-lite0", None, head="linear", train_views=10),
-        make("lite1-logreg", "efficientnet-lite1", None, head="logreg", train_views=10),
-        make("lite2-logreg", "efficientnet-lite2", None, head="logreg", train_views=10),
-        make("lite2-linear", "efficientnet-lite2", None, head="linear", train_views=10),
+        make("lite0-logreg", "efficientnet-lite0", None, head="logreg", tta=False),
+        make("lite0-logreg-tta", "efficientnet-lite0", None, head="logreg", tta=True),
+        make("lite0-linear-tta", "efficientnet-lite0", None, head="linear", tta=True),
+        make("lite1-logreg-tta", "efficientnet-lite1", None, head="logreg", tta=True),
+        make("lite2-logreg-tta", "efficientnet-lite2", None, head="logreg", tta=True),
     ]
     return [c for c in grid if names is None or c.name in names]
 
@@ -146,7 +146,7 @@ def main() -> None:
         "mean_std": summary["mean_std"],
         "screening_mean_std": summary["screening_mean_std"],
         "pooled": summary["pooled"],
-        "n_folds": len(summary["folds"]),
+        "split": f"5 outer x 1 ({INNER_FOLDS} inner)",
         "chosen": summary["chosen"],
     }
     with (REPO_ROOT / "runs/accuracy/results.jsonl").open("a") as handle:

@@ -115,6 +115,9 @@ TrainableOpt = Annotated[
     str | None,
     typer.Option(help="finetune: first backbone parameter prefix to train (partial fine-tuning)."),
 ]
+PatienceOpt = Annotated[
+    int | None, typer.Option(help="Early-stopping patience in epochs (default: the recipe's).")
+]
 TrainConfigOpt = Annotated[
     Path | None,
     typer.Option(
@@ -136,7 +139,7 @@ def _configs(
     target_sensitivity: float,
     recipe: RecipeChoice = RecipeChoice.auto,
     features: dict | None = None,
-    trainable_from: str | None = None,
+    overrides: dict | None = None,
     train_config: Path | None = None,
 ):
     from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig
@@ -156,8 +159,7 @@ def _configs(
         train_kwargs["recipe"] = recipe.value
     if epochs is not None:
         train_kwargs["epochs"] = epochs
-    if trainable_from is not None:
-        train_kwargs["trainable_from"] = trainable_from
+    train_kwargs |= {key: value for key, value in (overrides or {}).items() if value is not None}
     chosen = {key: value for key, value in (features or {}).items() if value is not None}
     if chosen:
         train_kwargs["features"] = train_kwargs.get("features", {}) | chosen
@@ -214,6 +216,7 @@ def train(
     feature_cache: CacheOpt = None,
     tail_blocks: TailOpt = None,
     trainable_from: TrainableOpt = None,
+    patience: PatienceOpt = None,
     train_config: TrainConfigOpt = None,
 ) -> None:
     """Train a model on a patient-grouped split and save it as a bundle."""
@@ -235,7 +238,7 @@ def train(
             target_sensitivity,
             recipe,
             _feature_options(head, views, tta, feature_cache, tail_blocks),
-            trainable_from,
+            {"trainable_from": trainable_from, "patience": patience},
             train_config,
         )
         result = train_bundle(*configs, out, command=_command_line(ctx))
@@ -499,6 +502,7 @@ def cv(
     feature_cache: CacheOpt = None,
     tail_blocks: TailOpt = None,
     trainable_from: TrainableOpt = None,
+    patience: PatienceOpt = None,
     train_config: TrainConfigOpt = None,
 ) -> None:
     """Cross-validate a recipe with patient-grouped, stratified folds."""
@@ -520,7 +524,7 @@ def cv(
             target_sensitivity,
             recipe,
             _feature_options(head, views, tta, feature_cache, tail_blocks),
-            trainable_from,
+            {"trainable_from": trainable_from, "patience": patience},
             train_config,
         )
         summary = run_cv(*configs, out, folds=folds, repeats=repeats, command=_command_line(ctx))
