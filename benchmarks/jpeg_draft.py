@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 
 from _common import IMAGE_SIZE, WORK_DIR, bundle_dir, machine, make_lesion_photo
 from mpoxscan.data.images import decode_image
-from mpoxscan.data.transforms import resize_image
+from mpoxscan.data.preprocessing import resize_image
 from mpoxscan.inference.predictor import Predictor
 
 SIZES = ((1600, 1200), (3000, 2250), (4000, 3000))

@@ -7,13 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from mpoxscan.data.preprocessing import Preprocessing, resize_image, to_array
 from mpoxscan.data.transforms import (
     AugmentConfig,
-    Preprocessing,
     build_augmentation,
     normalize_batch,
-    resize_image,
-    to_array,
     to_tensor,
     to_unit_tensor,
 )

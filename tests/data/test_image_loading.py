@@ -10,7 +10,8 @@ import torch
 from mpoxscan.data.datasets import scan_dataset
 from mpoxscan.data.images import decode_image
 from mpoxscan.data.loading import ImageDataset, load_image_batch
-from mpoxscan.data.transforms import Preprocessing, to_unit_tensor
+from mpoxscan.data.preprocessing import Preprocessing
+from mpoxscan.data.transforms import to_unit_tensor
 
 
 def test_dataset_yields_unit_tensors_and_labels(tiny_dataset):

@@ -17,7 +17,7 @@ from inference_support import (
 )
 from PIL import Image
 
-from mpoxscan.data.transforms import resize_image
+from mpoxscan.data.preprocessing import resize_image
 from mpoxscan.errors import BundleError
 from mpoxscan.inference.onnx import export_onnx
 from mpoxscan.inference.predictor import (

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from mpoxscan.data.datasets import ImageRecord
 from mpoxscan.data.images import decode_image
-from mpoxscan.data.transforms import Preprocessing, resize_image
+from mpoxscan.data.preprocessing import Preprocessing, resize_image
 from mpoxscan.errors import InvalidImageError
 
 

@@ -1,4 +1,7 @@
-"""Preprocessing (resize, normalise) shared by training and inference, and training augmentation."""
+"""Torch-side preprocessing and training augmentation (torch and kornia).
+
+The Pillow/numpy half that serving needs is in ``preprocessing``.
+"""
 
 from __future__ import annotations
 
@@ -10,37 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a photo becomes a model input.
-
-    Attributes:
-        image_size: side of the square input in pixels.
-        mean: per-channel value subtracted, on the 0-255 pixel scale (RGB order).
-        std: per-channel divisor, on the 0-255 pixel scale.
-    """
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-def resize_image(img: Image.Image, size: int) -> Image.Image:
-    """Resize to ``size x size`` with bilinear filtering (the aspect ratio is not kept).
-
-    Training and serving both call this, so a model sees photos resized the same way.
-
-    Args:
-        img: an RGB image.
-        size: side of the output in pixels.
-
-    Returns:
-        The resized image.
-    """
-    if img.size == (size, size):
-        return img
-    return img.resize((size, size), Image.Resampling.BILINEAR)
+from mpoxscan.data.preprocessing import Preprocessing, as_rgb, resize_image, to_array
 
 
 def to_unit_tensor(img: Image.Image, size: int) -> torch.Tensor:
@@ -53,7 +26,7 @@ def to_unit_tensor(img: Image.Image, size: int) -> torch.Tensor:
     Returns:
         The CHW tensor.
     """
-    pixels = np.asarray(resize_image(_as_rgb(img), size), dtype=np.uint8)
+    pixels = np.asarray(resize_image(as_rgb(img), size), dtype=np.uint8)
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -70,25 +43,6 @@ def normalize_batch(batch01: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     mean = torch.tensor(prep.mean, dtype=batch01.dtype, device=batch01.device).view(3, 1, 1)
     std = torch.tensor(prep.std, dtype=batch01.dtype, device=batch01.device).view(3, 1, 1)
     return (batch01 * 255.0 - mean) / std
-
-
-def to_array(img: Image.Image, prep: Preprocessing) -> np.ndarray:
-    """Turn a photo into a normalised float32 ``(3, size, size)`` array, with numpy only.
-
-    The ONNX server uses this; it gives the numbers of
-    ``normalize_batch(to_unit_tensor(img, prep.image_size), prep)`` (within 1e-5).
-
-    Args:
-        img: an image (converted to RGB when it is not).
-        prep: the model's preprocessing.
-
-    Returns:
-        The CHW array.
-    """
-    pixels = np.asarray(resize_image(_as_rgb(img), prep.image_size), dtype=np.float32)
-    mean = np.asarray(prep.mean, dtype=np.float32)
-    std = np.asarray(prep.std, dtype=np.float32)
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
 
 
 def to_tensor(img: Image.Image, prep: Preprocessing) -> torch.Tensor:
@@ -173,7 +127,3 @@ def build_augmentation(cfg: AugmentConfig, image_size: int | Preprocessing) -> n
             )
         )
     return K.AugmentationSequential(*steps)
-
-
-def _as_rgb(img: Image.Image) -> Image.Image:
-    return img if img.mode == "RGB" else img.convert("RGB")

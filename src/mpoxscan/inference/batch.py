@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Literal, Protocol
 import numpy as np
 
 from mpoxscan.data.images import IMAGE_SUFFIXES, decode_image
-from mpoxscan.data.transforms import resize_image
+from mpoxscan.data.preprocessing import resize_image
 from mpoxscan.errors import InvalidImageError, MpoxscanError
 from mpoxscan.inference.predictor import Predictor
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from mpoxscan.data.transforms import resize_image
+from mpoxscan.data.preprocessing import resize_image
 from mpoxscan.errors import BundleError
 from mpoxscan.inference.bundle import ONNX_FILE, load_ood_detector, read_bundle_meta
 from mpoxscan.inference.quality import (

@@ -18,7 +18,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from efficientnet_lite_pytorch.utils import MemoryEfficientSwish, Swish
 from torch import nn
 
-from mpoxscan.data.transforms import Preprocessing
+from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.models.registry import MpoxNet, WeightsError, register_model
 
 #: The TF-Lite models were trained on (x - 127) / 128.

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpoxscan.data.transforms import Preprocessing
+from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.models.registry import MpoxNet, WeightsError, assign_parameter
 from mpoxscan.models.seed_cnn import SEED_CONVS, SeedCNN, build_seed_cnn
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpoxscan.data.transforms import Preprocessing
+from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.errors import MpoxscanError
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mpoxscan.data.transforms import Preprocessing
+from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.models.registry import ChannelsLastFlatten, MpoxNet, register_model
 
 #: (filters, kernel size) of each "valid" convolution; each is followed by ReLU and a 2x2 pool.

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpoxscan.data.transforms import Preprocessing
+from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.models.keras_import import is_keras_model_file, read_keras_weights
 from mpoxscan.models.registry import (
     ChannelsLastFlatten,

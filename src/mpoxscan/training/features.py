@@ -34,12 +34,8 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from mpoxscan.data.loading import ImageDataset
-from mpoxscan.data.transforms import (
-    AugmentConfig,
-    Preprocessing,
-    build_augmentation,
-    normalize_batch,
-)
+from mpoxscan.data.preprocessing import Preprocessing
+from mpoxscan.data.transforms import AugmentConfig, build_augmentation, normalize_batch
 from mpoxscan.training.config import TrainConfig
 from mpoxscan.training.loop import (
     FitResult,

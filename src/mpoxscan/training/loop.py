@@ -12,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mpoxscan.data.transforms import Preprocessing, build_augmentation, normalize_batch
+from mpoxscan.data.preprocessing import Preprocessing
+from mpoxscan.data.transforms import build_augmentation, normalize_batch
 from mpoxscan.training.config import TrainConfig
 
 

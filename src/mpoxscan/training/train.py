@@ -16,8 +16,9 @@ from torch import nn
 from mpoxscan.data.audit import find_split_leaks, merge_duplicates
 from mpoxscan.data.datasets import DatasetIndex, ImageRecord, fingerprint_records, scan_dataset
 from mpoxscan.data.loading import ImageDataset
+from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.data.splits import Split, split_dataset
-from mpoxscan.data.transforms import Preprocessing, normalize_batch
+from mpoxscan.data.transforms import normalize_batch
 from mpoxscan.evaluation.calibration import apply_temperature, choose_threshold, fit_temperature
 from mpoxscan.evaluation.metrics import binary_metrics, multiclass_metrics, to_jsonable
 from mpoxscan.evaluation.plots import plot_confusion_matrix, plot_roc, plot_training_curves
