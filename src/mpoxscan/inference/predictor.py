@@ -243,7 +243,7 @@ class Predictor:
         self._torch_lock = threading.RLock()
         self.torch_model_ = None
         if self.backend_ == "onnx":
-            from mpoxscan.inference.onnx import OnnxModel
+            from mpoxscan.inference.onnx_runtime import OnnxModel
 
             self.onnx_model_ = OnnxModel(bundle / ONNX_FILE, threads=self.threads)
         else:
