@@ -534,6 +534,32 @@ def cv(
     console.print(f"wrote {out / 'summary.json'} and {out / 'oof.csv'}")
 
 
+@app.command("attach-cv")
+def attach_cv(
+    model_dir: BundleOpt,
+    cv_dir: Annotated[Path, typer.Option("--cv-dir", help="The --out folder of mpoxscan cv.")],
+) -> None:
+    """Record a cross-validation of the bundle's own recipe and data in its model card."""
+    from mpoxscan.errors import MpoxscanError
+    from mpoxscan.evaluation.cv_card import attach_cv as attach
+
+    try:
+        meta = attach(model_dir, cv_dir)
+    except MpoxscanError as error:
+        _fail(error)
+    cv = meta["metrics"]["cv"]
+    console.print(
+        f"{model_dir}: cross-validated over {cv['n_folds']} folds x {cv['repeats']} repeats, "
+        f"{cv['n_patients']} patients: accuracy {_mean_sd(cv['accuracy'])}, "
+        f"ROC AUC {_mean_sd(cv['roc_auc'])}",
+        soft_wrap=True,
+    )
+
+
+def _mean_sd(stats: dict) -> str:
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
 @app.command()
 def audit(
     data: DataOpt,

@@ -60,6 +60,7 @@ def test_model_card_describes_the_served_bundle(client, web_bundle):
     assert card["threshold"] == pytest.approx(0.5)
     assert card["image_size"] == 64
     assert card["metrics"]["test"]["sensitivity_ci"] == [0.62, 0.92]
+    assert card["metrics"]["cv"]["accuracy"] == {"mean": 0.788, "std": 0.069, "ci": [0.723, 0.83]}
     assert "not a diagnosis" in card["intended_use"]
     meta_hash = json.loads((web_bundle / "model.json").read_text())["files"]
     assert meta_hash["model.safetensors"].startswith(card["version"])

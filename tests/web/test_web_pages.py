@@ -104,6 +104,16 @@ def test_model_card_page_shows_metrics_with_intervals_and_limits(client):
     assert en["model.use.body"] in html
 
 
+def test_model_card_page_leads_with_the_cross_validation(client):
+    html = client.get("/model").text
+    en = catalogue("en")
+    assert en["model.metrics.section.cv"] in html
+    assert html.index(en["model.metrics.section.cv"]) < html.index(en["model.metrics.section.test"])
+    assert "5 folds × 3 repeats" in html and "228 photos of 135 patients" in html
+    assert "0.788 ± 0.069" in html and "0.723–0.830" in html
+    assert en["model.metrics.cv_note"].split(" The screening")[0] in html
+
+
 def test_privacy_page(client):
     html = client.get("/privacy").text
     assert "never written to disk" in html

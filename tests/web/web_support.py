@@ -99,6 +99,14 @@ def build_test_bundle(out_dir: Path) -> Path:
         "temperature": 1.0,
         "threshold": 0.5,
         "metrics": {
+            "cv": {
+                "n_images": 228,
+                "n_patients": 135,
+                "n_folds": 5,
+                "repeats": 3,
+                "accuracy": {"mean": 0.788, "std": 0.069, "ci": [0.723, 0.83]},
+                "roc_auc": {"mean": 0.869, "std": 0.061, "ci": [0.783, 0.906]},
+            },
             "test": {
                 "n_images": 46,
                 "n_patients": 27,
@@ -107,7 +115,7 @@ def build_test_bundle(out_dir: Path) -> Path:
                 "roc_auc": 0.88,
                 "roc_auc_ci": [0.77, 0.96],
                 "tp": 17,
-            }
+            },
         },
     }
     return save_bundle(out_dir, model, meta, ood=ood)

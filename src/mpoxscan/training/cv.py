@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mpoxscan import __version__
-from mpoxscan.data.datasets import DatasetIndex
+from mpoxscan.data.datasets import DatasetIndex, fingerprint_records
 from mpoxscan.data.loading import ImageDataset
 from mpoxscan.data.splits import Fold, Split, grouped_folds
 from mpoxscan.evaluation.metrics import binary_metrics, summarize_folds, to_jsonable
@@ -204,6 +204,7 @@ def run_cv(
             "classes": index.classes,
             "positive_class": index.positive_class,
             "data": {
+                "fingerprint": fingerprint_records(index.records),
                 "n_images": len(index.records),
                 "n_patients": len({r.patient for r in index.records}),
                 "per_class": {
