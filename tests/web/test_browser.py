@@ -17,7 +17,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pillow_heif
 import pytest
+from PIL import Image
 from web_support import MSLD_DIR, cat_jpeg, lesion_jpeg
 
 pytestmark = pytest.mark.browser
@@ -138,6 +140,8 @@ def photos(tmp_path_factory, served_bundle) -> dict[str, Path]:
     (folder / "lesion2.jpg").write_bytes(lesion_jpeg(seed=61, positive=False, size=224))
     (folder / "cat.jpg").write_bytes(cat_jpeg())
     (folder / "notes.jpg").write_text("These are my notes, not a photo.\n" * 10)
+    pillow_heif.register_heif_opener()  # lets Pillow write the iPhone-style HEIC photo
+    Image.open(folder / "lesion.jpg").save(folder / "iphone.heic", format="HEIF")
     return {path.stem: path for path in folder.iterdir()}
 
 
@@ -181,6 +185,20 @@ def test_a_lesion_photo_gets_band_probability_and_heat_map(page, photos):
     assert page.locator(".photo-card .photo").is_visible()
     assert page.evaluate("document.querySelector('.photo-card .photo').naturalWidth") > 0
     shoot(page, "03-result-photo")
+
+
+def test_a_heic_photo_without_a_browser_preview_is_named_and_still_checked(page, photos):
+    page.goto("/")
+    page.set_input_files("#file-input", str(photos["iphone"]))
+    placeholder = page.locator("#previews .no-preview")
+    placeholder.wait_for()  # Chromium cannot draw HEIC, so the tile says so instead
+    assert "iphone.heic" in placeholder.inner_text()
+    assert placeholder.get_attribute("aria-label") == EN["upload.no_preview"].format(
+        n=1, name="iphone.heic"
+    )
+    shoot(page, "05-heic-chosen")
+    submit_and_wait(page)
+    assert PERCENT.match(page.locator(".overall .score-value").inner_text())
 
 
 def test_a_photo_that_is_not_skin_asks_for_a_retake(page, photos):

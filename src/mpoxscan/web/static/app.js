@@ -155,10 +155,17 @@ document.documentElement.classList.add("js");
         renderPreviews(ui);
         ui.submit.focus();
       });
-      ui.previews.appendChild(el("li", {}, [
-        el("img", { src: entry.url, alt: tr("upload.preview_alt", { n: i + 1 }) }),
-        remove,
-      ]));
+      const preview = el("img", { src: entry.url, alt: tr("upload.preview_alt", { n: i + 1 }) });
+      // Browsers other than Safari cannot draw HEIC; the server decodes it anyway, so say so.
+      preview.addEventListener("error", function () {
+        preview.replaceWith(el("span", {
+          className: "no-preview",
+          role: "img",
+          "aria-label": tr("upload.no_preview", { n: i + 1, name: entry.file.name }),
+          text: tr("upload.no_preview_short", { name: entry.file.name }),
+        }));
+      });
+      ui.previews.appendChild(el("li", {}, [preview, remove]));
     });
     const n = state.files.length;
     ui.selection.hidden = n === 0;
