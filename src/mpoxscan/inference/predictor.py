@@ -409,6 +409,3 @@ class Predictor:
             label = self.classes_[int(np.argmax(row))]
         band = None if probability is None else screening_band(probability, self.threshold_)
         return Prediction(label, probability, probabilities, band)
-
-    # batch.py still calls the old private name; remove once it uses to_prediction.
-    _prediction = to_prediction
