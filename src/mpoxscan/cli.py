@@ -415,13 +415,42 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    micro_batch_max_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Most photos of concurrent requests run through the model together; "
+            "1 turns micro-batching off. [default: 1, or MPOXSCAN_MICRO_BATCH_MAX_SIZE]"
+        ),
+    ] = None,
+    micro_batch_max_wait_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="Longest wait (ms) for photos of other requests still being decoded. "
+            "[default: 5, or MPOXSCAN_MICRO_BATCH_MAX_WAIT_MS]"
+        ),
+    ] = None,
+    max_concurrent_predictions: Annotated[
+        int | None,
+        typer.Option(
+            help="Requests decoded and predicted at once per process (about 2x the micro-batch "
+            "size with batching). [default: 2, or MPOXSCAN_MAX_CONCURRENT_PREDICTIONS]"
+        ),
+    ] = None,
 ) -> None:
     """Serve the screening web page and the JSON API."""
     from mpoxscan.errors import MpoxscanError
     from mpoxscan.web.app import serve as serve_app
 
     try:
-        serve_app(model_dir, host=host, port=port, workers=workers)
+        serve_app(
+            model_dir,
+            host=host,
+            port=port,
+            workers=workers,
+            micro_batch_max_size=micro_batch_max_size,
+            micro_batch_max_wait_ms=micro_batch_max_wait_ms,
+            max_concurrent_predictions=max_concurrent_predictions,
+        )
     except MpoxscanError as error:
         _fail(error)
 

@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent
 STATIC_DIR = WEB_DIR / "static"
 TEMPLATES_DIR = WEB_DIR / "templates"
-_BUNDLE_ENV = "MPOXSCAN_BUNDLE_DIR"
 
 _DESCRIPTION = (
     "Screen photos of skin lesions for mpox. A research and education screening aid, not a "
@@ -67,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.predictor = None
+    app.state.micro_batcher = None
     app.state.model_info = None
     app.state.audit_log = None
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
@@ -92,9 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the predictor once per process, and warm it so the first request is fast; open
-    the audit log when it is on."""
+    """Load the predictor once per process, and warm it so the first request is fast; start
+    the micro-batcher (stopped at shutdown); open the audit log when it is on."""
     from mpoxscan.inference.predictor import Predictor
+    from mpoxscan.web.batching import MicroBatcher
     from mpoxscan.web.service import model_info, warm_up
 
     settings: Settings = app.state.settings
@@ -108,6 +109,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         Predictor.load, settings.bundle_dir, backend=settings.backend
     )
     await run_in_threadpool(warm_up, predictor)
+    app.state.micro_batcher = MicroBatcher(
+        # Looked up at each call, so a test can replace the predictor's method.
+        lambda photos: predictor.assess_many(photos),
+        max_size=settings.micro_batch_max_size,
+        max_wait_s=settings.micro_batch_max_wait_ms / 1000,
+    ).start()
+    batch, threads = settings.micro_batch_max_size, settings.max_concurrent_predictions
+    if batch > 1 and threads < 2 * batch:
+        logger.warning(
+            "micro-batches of up to %d photos gather at most %d requests "
+            "(max_concurrent_predictions); about %d keeps them full",
+            batch,
+            threads,
+            2 * batch,
+        )
     app.state.predictor = predictor
     app.state.model_info = model_info(predictor)
     logger.info(
@@ -119,6 +135,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     yield
     app.state.predictor = None
+    batcher = app.state.micro_batcher
+    await run_in_threadpool(batcher.close)
+    logger.info("model calls by photos per call: %s", dict(sorted(batcher.batch_sizes.items())))
+    app.state.micro_batcher = None
     if app.state.audit_log is not None:
         app.state.audit_log.close()
         app.state.audit_log = None
@@ -177,6 +197,9 @@ def serve(
     port: int = 8000,
     workers: int | None = None,
     log_level: str | None = None,
+    micro_batch_max_size: int | None = None,
+    micro_batch_max_wait_ms: float | None = None,
+    max_concurrent_predictions: int | None = None,
 ) -> None:
     """Serve the web app with uvicorn until interrupted.
 
@@ -187,6 +210,12 @@ def serve(
         port: the TCP port.
         workers: processes, each with its own copy of the model; from the settings when ``None``.
         log_level: from the settings when ``None``.
+        micro_batch_max_size: photos of concurrent requests run through the model together
+            (1: no micro-batching); from the settings when ``None``.
+        micro_batch_max_wait_ms: longest wait for other requests' photos; from the settings
+            when ``None``.
+        max_concurrent_predictions: requests decoded and predicted at once per process; from
+            the settings when ``None``.
 
     Raises:
         BundleError: when the bundle is missing or invalid (the message says which and why);
@@ -196,14 +225,15 @@ def serve(
 
     from mpoxscan.inference.bundle import read_bundle_meta
 
-    overrides: dict[str, object] = {}
-    if bundle_dir is not None:
-        overrides["bundle_dir"] = Path(bundle_dir).resolve()
-    if workers is not None:
-        overrides["workers"] = workers
-    if log_level is not None:
-        overrides["log_level"] = log_level
-    settings = Settings(**overrides)
+    choices = {
+        "bundle_dir": None if bundle_dir is None else Path(bundle_dir).resolve(),
+        "workers": workers,
+        "log_level": log_level,
+        "micro_batch_max_size": micro_batch_max_size,
+        "micro_batch_max_wait_ms": micro_batch_max_wait_ms,
+        "max_concurrent_predictions": max_concurrent_predictions,
+    }
+    settings = Settings(**{name: value for name, value in choices.items() if value is not None})
     try:
         read_bundle_meta(settings.bundle_dir)
     except BundleError as exc:
@@ -223,8 +253,9 @@ def serve(
         )
         return
     # Worker processes each build their app from the environment, so hand the choices on.
-    os.environ[_BUNDLE_ENV] = str(settings.bundle_dir)
-    os.environ["MPOXSCAN_LOG_LEVEL"] = settings.log_level
+    for name in choices:
+        if name != "workers":
+            os.environ[f"MPOXSCAN_{name.upper()}"] = str(getattr(settings, name))
     uvicorn.run(
         "mpoxscan.web.app:create_app",
         factory=True,

@@ -31,7 +31,15 @@ class Settings(BaseSettings):
             (a stalled phone, or a client trickling bytes to hold a connection) gets
             ``upload_timeout``.
         max_concurrent_predictions: requests whose photos are decoded and run through the
-            model at the same time; the rest wait, so a burst cannot exhaust memory.
+            model at the same time; the rest wait, so a burst cannot exhaust memory. A
+            micro-batch only gathers requests that are in here at once: with micro-batching,
+            about twice ``micro_batch_max_size`` keeps batches full while the next ones decode.
+        micro_batch_max_size: most photos of concurrent requests run through the model in one
+            call; 1 (the default) turns micro-batching off, and each request then runs the
+            model by itself. Off because on 2 cores batching gave no more requests per second
+            and needs many more photos in memory at once (``benchmarks/speed.md``, (d)).
+        micro_batch_max_wait_ms: longest time photos that reached the model wait for other
+            requests' photos still being decoded; a lone request never waits.
         rate_limit_per_minute: prediction requests per client IP per minute; 0 turns it off.
         store_uploads: must stay ``False``: mpoxscan never writes photos anywhere.
         log_level: the Python/uvicorn log level.
@@ -61,6 +69,8 @@ class Settings(BaseSettings):
     # A 10 MiB photo at 1 Mbit/s takes 80 s; two minutes leaves room for a slow phone link.
     max_upload_seconds: float = Field(default=120.0, gt=0)
     max_concurrent_predictions: int = Field(default=2, ge=1)
+    micro_batch_max_size: int = Field(default=1, ge=1, le=256)
+    micro_batch_max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
     rate_limit_per_minute: int = Field(default=60, ge=0)
     store_uploads: bool = False
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -10,14 +10,19 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from mpoxscan.web.api_errors import ApiError
+from mpoxscan.web.batching import MicroBatcher
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-async def run_prediction(app: FastAPI, work: Callable[[], T]) -> T:
-    """Run ``work`` in a worker thread under the app's prediction limiter.
+async def run_prediction(app: FastAPI, work: Callable[..., T]) -> T:
+    """Run ``work(assess=...)`` in a worker thread under the app's prediction limiter.
+
+    ``assess`` runs photos through the model (``Predictor.assess_many``) in micro-batches with
+    the photos of other requests (``app.state.micro_batcher``); the request counts as coming
+    to the model from the time its thread starts, so batches wait for it while it decodes.
 
     Unexpected exceptions are logged (with their traceback, server-side only) and become an
     ``internal_error`` whose message gives nothing away.
@@ -26,7 +31,9 @@ async def run_prediction(app: FastAPI, work: Callable[[], T]) -> T:
         ApiError: the ``ApiError`` that ``work`` raised, or ``internal_error``.
     """
     try:
-        return await anyio.to_thread.run_sync(work, limiter=app.state.prediction_limiter)
+        return await anyio.to_thread.run_sync(
+            _with_batcher, app.state.micro_batcher, work, limiter=app.state.prediction_limiter
+        )
     except ApiError:
         raise
     except Exception as exc:
@@ -34,3 +41,8 @@ async def run_prediction(app: FastAPI, work: Callable[[], T]) -> T:
         raise ApiError(
             "internal_error", "Something went wrong on the server; please try again later."
         ) from exc
+
+
+def _with_batcher(batcher: MicroBatcher, work: Callable[..., T]) -> T:
+    with batcher.caller() as assess:
+        return work(assess=assess)
