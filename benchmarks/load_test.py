@@ -105,6 +105,7 @@ class LoadReport:
     connection_errors: int
     p50_ms: float | None
     p99_ms: float | None
+    server_cpu_ms_per_request: float | None = None
     rss_start_mb: float | None = None
     rss_end_mb: float | None = None
     rss_peak_mb: float | None = None
@@ -226,15 +227,27 @@ class ServerProcess:
 
     def rss_bytes(self) -> int:
         """Resident memory of the server and all its child processes."""
+        return int(self._sum_over_processes(lambda process: process.memory_info().rss))
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server and its child processes."""
+
+        def used(process: psutil.Process) -> float:
+            times = process.cpu_times()
+            return times.user + times.system
+
+        return self._sum_over_processes(used)
+
+    def _sum_over_processes(self, measure: Callable[[psutil.Process], float]) -> float:
         try:
             root = psutil.Process(self.pid)
             processes = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return 0
-        total = 0
+        total = 0.0
         for process in processes:
             try:
-                total += process.memory_info().rss
+                total += measure(process)
             except psutil.NoSuchProcess:
                 continue
         return total
@@ -505,8 +518,14 @@ def latency_levels(
     levels: Sequence[int] = (1, 8, 32),
     requests_per_level: int = 200,
     max_seconds: float = 120.0,
+    server_cpu_seconds: Callable[[], float] | None = None,
 ) -> dict[int, LoadReport]:
-    """Single-photo prediction latency and throughput at each number of concurrent clients."""
+    """Single-photo prediction latency and throughput at each number of concurrent clients.
+
+    With ``server_cpu_seconds`` (``ServerProcess.cpu_seconds``) each report also gives the
+    server's CPU time per request, which depends much less on other jobs on the machine than
+    the rates do.
+    """
     reports = {}
     for concurrency in levels:
         # A short warm-up at each level, so connection set-up is not timed.
@@ -515,6 +534,7 @@ def latency_levels(
                 url, photos, requests=concurrency, concurrency=concurrency, max_seconds=max_seconds
             )
         )
+        cpu_before = server_cpu_seconds() if server_cpu_seconds else 0.0
         answers, duration = asyncio.run(
             run_load(
                 url,
@@ -525,6 +545,9 @@ def latency_levels(
             )
         )
         reports[concurrency] = summarise(answers, duration)
+        if server_cpu_seconds and answers:
+            cpu_ms = (server_cpu_seconds() - cpu_before) * 1000 / len(answers)
+            reports[concurrency].server_cpu_ms_per_request = round(cpu_ms, 2)
     return reports
 
 
@@ -577,6 +600,7 @@ def markdown(report: LoadReport, title: str) -> str:
         ("5xx", report.server_errors),
         ("connection errors", report.connection_errors),
         ("p50 / p99 latency", f"{report.p50_ms} / {report.p99_ms} ms"),
+        ("server CPU per request", f"{report.server_cpu_ms_per_request} ms"),
         (
             "server RSS start / end / peak",
             f"{report.rss_start_mb} / {report.rss_end_mb} / {report.rss_peak_mb} MiB",
@@ -632,7 +656,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             results["mixed"] = mixed.to_dict()
         if args.latency:
             photos = latency_photos(args)
-            levels = latency_levels(srv.url, photos, requests_per_level=args.latency_requests)
+            levels = latency_levels(
+                srv.url,
+                photos,
+                requests_per_level=args.latency_requests,
+                server_cpu_seconds=srv.cpu_seconds,
+            )
             for concurrency, report in levels.items():
                 print(markdown(report, f"single-photo predictions, {concurrency} client(s)"))
             results["latency"] = {str(k): v.to_dict() for k, v in levels.items()}
