@@ -32,6 +32,7 @@ PARITY_TOLERANCE = 1e-4
 #: Random pixel batches checked when ``export_onnx`` gets no sample images.
 DEFAULT_PARITY_SAMPLES = 5
 
+
 class InferenceModule(nn.Module):
     """A network wrapped to the inference contract: 0-255 pixels in, probabilities out.
 
