@@ -128,3 +128,29 @@ def test_import_keras_gives_a_bundle_with_the_keras_outputs(tmp_path):
     prediction = load_model(tmp_path / "bundle").predict(Image.fromarray(photo))
     assert prediction.probabilities["Others"] == pytest.approx(keras_p_others, abs=1e-4)
     assert prediction.probability == pytest.approx(1 - keras_p_others, abs=1e-4)
+
+
+def test_cv_prints_readable_mean_sd_and_pooled_intervals(tiny_dataset, tmp_path):
+    out = tmp_path / "cv"
+    result = invoke(
+        "cv",
+        "--data",
+        tiny_dataset,
+        "--model",
+        "efficientnet-lite0",
+        "--image-size",
+        "64",
+        "--folds",
+        "3",
+        "--out",
+        out,
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    accuracy, auc = summary["mean_std"]["accuracy"], summary["mean_std"]["roc_auc"]
+    output = result.output
+    # Whole numbers even in an 80-column terminal, never cut to "0.…".
+    assert f"{accuracy['mean']:.3f} ± {accuracy['std']:.3f}" in output
+    assert f"{auc['mean']:.3f} ± {auc['std']:.3f}" in output
+    assert f"{summary['pooled']['roc_auc']:.3f} (" in output
+    assert "…" not in "".join(line for line in output.splitlines() if "0." in line)
+    assert "24 patients" in output

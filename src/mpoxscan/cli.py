@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+#: The per-fold columns ``mpoxscan cv`` prints (all measures follow in the summary table).
+CV_FOLD_COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
 DataOpt = Annotated[
     Path, typer.Option("--data", help="Dataset folder (DIR/<class> or DIR/Train|Val|Test/<class>).")
@@ -536,7 +538,7 @@ def cv(
 ) -> None:
     """Cross-validate a recipe with patient-grouped, stratified folds."""
     from mpoxscan.errors import MpoxscanError
-    from mpoxscan.evaluation.tables import folds_table
+    from mpoxscan.evaluation.tables import cv_summary_table, folds_table
     from mpoxscan.training.cv import run_cv
 
     try:
@@ -559,8 +561,10 @@ def cv(
         summary = run_cv(*configs, out, folds=folds, repeats=repeats, command=_command_line(ctx))
     except (MpoxscanError, KeyError, FileNotFoundError, ValueError) as error:
         _fail(error)
-    console.print(folds_table(summary["folds"], summary["mean_std"]))
-    console.print(f"wrote {out / 'summary.json'} and {out / 'oof.csv'}")
+    per_fold = {key: summary["mean_std"][key] for key in CV_FOLD_COLUMNS}
+    console.print(folds_table(summary["folds"], per_fold, with_mean=False))
+    console.print(cv_summary_table(summary["mean_std"], summary["pooled"], len(summary["folds"])))
+    console.print(f"wrote {out / 'summary.json'} and {out / 'oof.csv'}", soft_wrap=True)
 
 
 @app.command("attach-cv")

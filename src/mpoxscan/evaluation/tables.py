@@ -145,7 +145,10 @@ def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:
 
 
 def folds_table(
-    fold_metrics: Sequence[Mapping[str, Any]], summary: Mapping[str, Mapping[str, Any]]
+    fold_metrics: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Mapping[str, Any]],
+    *,
+    with_mean: bool = True,
 ) -> Table:
     """Per-fold metrics with a closing mean ± SD row.
 
@@ -153,6 +156,8 @@ def folds_table(
         fold_metrics: per fold either ``{"fold", "repeat", "metrics": {...}}`` (as in a
             cross-validation ``summary.json``) or a plain metrics dict.
         summary: the output of ``summarize_folds``; its keys are the columns.
+        with_mean: end with the ``mean ± SD`` row (leave it out when
+            :func:`cv_summary_table` follows).
 
     Returns:
         A :class:`rich.table.Table` with one row per fold and a ``mean ± SD`` row.
@@ -172,13 +177,45 @@ def folds_table(
             str(metrics.get("n_patients", "")),
         ]
         cells += [format_number(_dotted(metrics, key)) for key in keys]
-        table.add_row(*cells, end_section=index == len(fold_metrics) - 1)
-    cells = ["mean ± SD", "", "", ""]
-    cells += [
-        f"{format_number(summary[k]['mean'])} ± {format_number(summary[k]['std'])}" for k in keys
-    ]
-    table.add_row(*cells, style="bold")
+        table.add_row(*cells, end_section=with_mean and index == len(fold_metrics) - 1)
+    if with_mean:
+        cells = ["mean ± SD", "", "", ""]
+        cells += [_mean_sd(summary[k]) for k in keys]
+        table.add_row(*cells, style="bold")
     return table
+
+
+def cv_summary_table(
+    summary: Mapping[str, Mapping[str, Any]], pooled: Mapping[str, Any], n_folds: int
+) -> Table:
+    """One row per measure: mean ± SD over the folds, and the pooled out-of-fold figure with
+    its 95% interval (narrow enough for an 80-column terminal).
+
+    Args:
+        summary: the output of ``summarize_folds`` (``mean_std`` of a CV summary).
+        pooled: the pooled out-of-fold metrics (``pooled`` of a CV summary).
+        n_folds: how many folds (times repeats) the means are over.
+
+    Returns:
+        A :class:`rich.table.Table`.
+    """
+    table = Table(
+        title="Cross-validation summary",
+        caption=f"{pooled.get('n_images', '?')} photos of {pooled.get('n_patients', '?')} "
+        "patients; pooled: every photo scored once, by the fold that did not train on it",
+    )
+    table.add_column("Measure")
+    table.add_column(f"mean ± SD ({n_folds} folds)", justify="right")
+    table.add_column("pooled (95% CI)", justify="right")
+    for key, stats in summary.items():
+        value = _dotted(pooled, key)
+        interval = format_ci(_dotted(pooled, f"{key}_ci"))
+        table.add_row(_column_label(key), _mean_sd(stats), f"{format_number(value)} ({interval})")
+    return table
+
+
+def _mean_sd(stats: Mapping[str, Any]) -> str:
+    return f"{format_number(stats['mean'])} ± {format_number(stats['std'])}"
 
 
 def _column_label(key: str) -> str:
