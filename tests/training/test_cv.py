@@ -3,8 +3,10 @@
 import csv
 import json
 
+from mpoxscan.data.datasets import fingerprint_records
 from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig
 from mpoxscan.training.cv import run_cv
+from mpoxscan.training.train import load_index
 
 
 def test_cv_tests_every_photo_once_and_never_splits_a_patient(tiny_dataset, tmp_path):
@@ -25,7 +27,9 @@ def test_cv_tests_every_photo_once_and_never_splits_a_patient(tiny_dataset, tmp_
         folds_of_patient.setdefault(row["patient"], set()).add(row["fold"])
     assert all(len(folds) == 1 for folds in folds_of_patient.values())
     assert len(summary["folds"]) == 3
+    index = load_index(DataConfig(data_dir=str(tiny_dataset)))
     assert summary["data"] == {
+        "fingerprint": fingerprint_records(index.records),  # what the bundle of this data has
         "n_images": 48,
         "n_patients": 24,
         "per_class": {"Monkey Pox": 24, "Others": 24},
