@@ -601,21 +601,27 @@ def audit(
         int, typer.Option(help="Largest perceptual-hash distance counted as a near-duplicate.")
     ] = 6,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the report as JSON.")
+        Path | None,
+        typer.Option("--json", help="Also write the full report as JSON; '-' prints it instead."),
     ] = None,
 ) -> None:
     """Audit a dataset: unreadable files, duplicates, leaks across splits; exits 1 on a leak."""
     from mpoxscan.data.audit import audit_dataset
     from mpoxscan.errors import MpoxscanError
+    from mpoxscan.evaluation.tables import audit_table
 
     try:
         report = audit_dataset(data, against=against, near_threshold=near_threshold)
     except MpoxscanError as error:
         _fail(error)
     payload = report.to_dict()
-    if json_out:
-        json_out.write_text(json.dumps(payload, indent=2))
-    console.print_json(json.dumps(payload))
+    if json_out == Path("-"):
+        console.print_json(json.dumps(payload))
+    else:
+        console.print(audit_table(payload))
+        if json_out:
+            json_out.write_text(json.dumps(payload, indent=2))
+            console.print(f"wrote {json_out}", soft_wrap=True)
     if report.has_leaks:
         err_console.print("[bold red]leak:[/] photos or patients straddle the splits (see above)")
         raise typer.Exit(code=1)

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from typer.testing import CliRunner
 
+from mpoxscan.cli import app
 from mpoxscan.data.audit import (
     audit_dataset,
     find_split_leaks,
@@ -215,3 +217,22 @@ def test_msld_audit(msld_dir):
         assert ("34_1.jpg" in test_names) == ("82_1.jpg" in test_names)
     split = split_dataset(dataclasses.replace(index, records=merged), seed=0)
     assert find_split_leaks(split) == []
+
+
+def test_audit_command_shows_a_readable_verdict_and_exits_1_on_a_leak(
+    leaky_presplit, clean_presplit, tmp_path
+):
+    runner = CliRunner()
+    leaky = runner.invoke(app, ["audit", "--data", str(leaky_presplit)])
+    assert leaky.exit_code == 1
+    across = next(line for line in leaky.output.splitlines() if "across splits" in line)
+    assert "│     2 │" in across  # the exact and the disguised copy
+    assert "P0_1.jpg" in leaky.output and "Verdict: LEAK" in leaky.output
+
+    report_file = tmp_path / "audit.json"
+    clean = runner.invoke(app, ["audit", "--data", str(clean_presplit), "--json", str(report_file)])
+    assert clean.exit_code == 0 and "Verdict: no leak" in clean.output
+    assert json.loads(report_file.read_text())["has_leaks"] is False
+
+    as_json = runner.invoke(app, ["audit", "--data", str(leaky_presplit), "--json", "-"])
+    assert json.loads(as_json.stdout)["has_leaks"] is True  # the leak warning goes to stderr

@@ -245,3 +245,63 @@ def _sample_size(metrics: Mapping[str, Any], key: str, total: Any) -> str:
     if key == "accuracy" and "n_correct" in metrics:
         return f"{metrics['n_correct']}/{total}"
     return "" if total is None else str(total)
+
+
+#: Findings listed one by one in the audit table; the rest are counted ("and N more").
+AUDIT_LISTED = 8
+
+
+def audit_table(report: Mapping[str, Any]) -> Table:
+    """A dataset audit (``AuditReport.to_dict()``) as a table a person can read at once.
+
+    Counts per class, then each kind of finding with its count and the first few cases; the
+    caption gives the verdict. Photos per patient stay in the JSON report (``--json``).
+
+    Args:
+        report: the audit as a dict.
+
+    Returns:
+        A :class:`rich.table.Table`.
+    """
+    verdict = "LEAK: photos or patients straddle the splits" if report["has_leaks"] else "no leak"
+    table = Table(
+        title=f"Audit of {report['root']} ({report['layout']}, {report['n_images']} photos)",
+        caption=f"Verdict: {verdict}",
+    )
+    table.add_column("Check")
+    table.add_column("Found", justify="right")
+    table.add_column("Cases")
+    for name, photos in report["photos_per_class"].items():
+        patients = report["patients_per_class"].get(name, "?")
+        table.add_row(f"class {name}", str(photos), f"photos of {patients} patients")
+    near = f"near duplicates (distance ≤ {report['near_threshold']})"
+    findings = [
+        ("unreadable files", [f"{u['path']}: {u['reason']}" for u in report["unreadable"]]),
+        ("exact duplicates", [" = ".join(group) for group in report["exact_duplicates"]]),
+        (near, _pair_lines(report["near_duplicates"])),
+        ("duplicates across splits or folds", _pair_lines(report["cross_split"])),
+        ("patients in more than one part", list(report["patient_leaks"])),
+        ("same photo under two classes", _pair_lines(report["cross_class"])),
+    ]
+    if report.get("against"):
+        findings.append((f"also in {report['against']}", _pair_lines(report["against_duplicates"])))
+    for name, cases in findings:
+        table.add_row(name, str(len(cases)), _listed(cases))
+    for note in report.get("notes", []):
+        table.add_row("note", "", note)
+    return table
+
+
+def _pair_lines(pairs: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = []
+    for pair in pairs:
+        how = "identical" if pair.get("exact") else f"distance {pair['distance']}"
+        where = f", {pair['where']}" if pair.get("where") else ""
+        lines.append(f"{pair['a']} ~ {pair['b']} ({how}{where})")
+    return lines
+
+
+def _listed(cases: Sequence[str]) -> str:
+    shown = "\n".join(cases[:AUDIT_LISTED])
+    more = len(cases) - AUDIT_LISTED
+    return shown + (f"\n… and {more} more" if more > 0 else "")
