@@ -30,14 +30,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, machine
 from mpoxscan.data.splits import Fold, grouped_folds
-from mpoxscan.evaluation.metrics import summarize_folds, to_jsonable
+from mpoxscan.evaluation.metrics import SUMMARY_METRICS, summarize_folds, to_jsonable
 from mpoxscan.training.config import (
     DataConfig,
     FeatureConfig,
     ModelConfig,
     TrainConfig,
 )
-from mpoxscan.training.cv import SUMMARY_KEYS, pooled_metrics, run_fold, write_oof
+from mpoxscan.training.cv import pooled_metrics, run_fold, write_oof
 from mpoxscan.training.features import FeatureCache
 from mpoxscan.training.train import load_index
 
@@ -117,9 +117,9 @@ def nested_cv(outer_seed: int, names: list[str] | None, out_dir: Path) -> dict[s
             "candidates": [c.name for c in grid],
             "chosen": choices,
             "pooled": pooled_metrics(rows),
-            "mean_std": summarize_folds([e["metrics"] for e in entries], SUMMARY_KEYS),
+            "mean_std": summarize_folds([e["metrics"] for e in entries], SUMMARY_METRICS),
             "screening_mean_std": summarize_folds(
-                [e["screening_metrics"] for e in entries], SUMMARY_KEYS
+                [e["screening_metrics"] for e in entries], SUMMARY_METRICS
             ),
             "folds": entries,
         }

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mpoxscan.errors import MpoxscanError
+from mpoxscan.evaluation.metrics import SUMMARY_METRICS
 from mpoxscan.inference.bundle import read_bundle_meta, sha256_file, update_bundle_files
 
 #: Settings that may differ between the cross-validation and the bundle: the seed (each fold
@@ -29,19 +30,6 @@ IGNORED_SETTINGS = frozenset(
         "folds",
         "repeats",
     }
-)
-
-#: Measures copied into ``metrics["cv"]``, as the cross-validation summary names them.
-CARD_MEASURES = (
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "ppv",
-    "npv",
-    "f1",
-    "balanced_accuracy",
-    "roc_auc",
-    "pr_auc",
 )
 
 
@@ -96,7 +84,7 @@ def card_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
         "repeats": config.get("repeats"),
         "threshold": pooled.get("threshold"),
     }
-    for name in CARD_MEASURES:
+    for name in SUMMARY_METRICS:
         stats = summary["mean_std"].get(name)
         if stats is not None:
             card[name] = {
@@ -107,14 +95,14 @@ def card_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
     patients = pooled.get("patient_level") or {}
     card["patient_level"] = {"n_patients": patients.get("n_patients")} | {
         key: patients[key]
-        for name in CARD_MEASURES
+        for name in SUMMARY_METRICS
         for key in (name, f"{name}_ci")
         if key in patients
     }
     card["screening"] = {
         name: {"mean": stats["mean"], "std": stats["std"]}
         for name, stats in (summary.get("screening_mean_std") or {}).items()
-        if name in CARD_MEASURES
+        if name in SUMMARY_METRICS
     }
     return card
 

@@ -35,6 +35,8 @@ CONFIDENCE = 0.95
 PROPORTIONS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 #: Metrics whose interval comes from the (patient) bootstrap.
 BOOTSTRAPPED = ("balanced_accuracy", "f1", "roc_auc", "pr_auc")
+#: The binary measures summarised over cross-validation folds (mean ± SD) and shown on cards.
+SUMMARY_METRICS = (*PROPORTIONS, "f1", "balanced_accuracy", "roc_auc", "pr_auc")
 # Below this share of usable resamples (the others lacked a class) an interval would describe
 # a different population than the estimate, so it is reported as nan instead.
 MIN_VALID_FRACTION = 0.5

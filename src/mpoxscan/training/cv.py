@@ -19,7 +19,12 @@ from mpoxscan import __version__
 from mpoxscan.data.datasets import DatasetIndex, fingerprint_records
 from mpoxscan.data.loading import ImageDataset
 from mpoxscan.data.splits import Fold, Split, grouped_folds
-from mpoxscan.evaluation.metrics import binary_metrics, summarize_folds, to_jsonable
+from mpoxscan.evaluation.metrics import (
+    SUMMARY_METRICS,
+    binary_metrics,
+    summarize_folds,
+    to_jsonable,
+)
 from mpoxscan.training.config import (
     DataConfig,
     ModelConfig,
@@ -40,17 +45,6 @@ from mpoxscan.training.train import (
     warn_about_leaks,
 )
 
-SUMMARY_KEYS = (
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "ppv",
-    "npv",
-    "f1",
-    "balanced_accuracy",
-    "roc_auc",
-    "pr_auc",
-)
 OOF_COLUMNS = ("file", "patient", "class", "label", "fold", "repeat", "probability")
 
 
@@ -213,9 +207,9 @@ def run_cv(
                 },
             },
             "pooled": pooled_metrics(rows),
-            "mean_std": summarize_folds([e["metrics"] for e in entries], SUMMARY_KEYS),
+            "mean_std": summarize_folds([e["metrics"] for e in entries], SUMMARY_METRICS),
             "screening_mean_std": summarize_folds(
-                [e["screening_metrics"] for e in entries], SUMMARY_KEYS
+                [e["screening_metrics"] for e in entries], SUMMARY_METRICS
             ),
             "folds": entries,
         }
