@@ -1,12 +1,15 @@
 """The command line as a user runs it: train, evaluate, predict, samples, export, cv, report."""
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from mpoxscan.cli import app
+
+from testdata import make_lesion_photo
 
 runner = CliRunner()
 
@@ -154,3 +157,26 @@ def test_cv_prints_readable_mean_sd_and_pooled_intervals(tiny_dataset, tmp_path)
     assert f"{summary['pooled']['roc_auc']:.3f} (" in output
     assert "…" not in "".join(line for line in output.splitlines() if "0." in line)
     assert "24 patients" in output
+
+
+def test_explain_writes_a_heat_map_per_assessed_photo(tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    photos = Path("photos")
+    for folder in ("left", "right"):  # two photos with the same name
+        (photos / folder).mkdir(parents=True)
+        make_lesion_photo(positive=True, seed=7, size=160).save(photos / folder / "arm.jpg")
+    Image.new("RGB", (20, 20), (200, 150, 130)).save(photos / "tiny.png")
+    (photos / "notes.jpg").write_text("not a photo")
+    out = Path("heatmaps")
+
+    result = invoke("explain", "--model-dir", tiny_bundle, photos, "--out", out)
+
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["arm.heatmap-2.png", "arm.heatmap.png"]
+    with Image.open(out / "arm.heatmap.png") as overlay:
+        assert overlay.format == "PNG" and overlay.size == (160, 160)
+        assert not overlay.info.get("exif")
+    lines = result.output.splitlines()
+    assert any("retake" in line and "tiny.png" in line for line in lines)
+    assert any("unreadable" in line and "notes.jpg" in line for line in lines)
+    assert sum("%" in line for line in lines) == 2

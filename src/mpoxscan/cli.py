@@ -395,6 +395,43 @@ def _predictions_table(rows: list[dict]):
 
 
 @app.command()
+def explain(
+    model_dir: BundleOpt,
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the heat-map PNGs.")] = Path(
+        "heatmaps"
+    ),
+) -> None:
+    """Write a Grad-CAM heat map over each photo (what the model looked at), with its result."""
+    from rich.table import Table
+
+    from mpoxscan.errors import MpoxscanError
+    from mpoxscan.inference.batch import iter_image_files
+    from mpoxscan.inference.explain import write_heatmaps
+    from mpoxscan.inference.predictor import Predictor
+
+    try:
+        predictor = Predictor.load(model_dir)
+    except MpoxscanError as error:
+        _fail(error)
+    table = Table("mpox", "band")
+    table.add_column("photo", overflow="fold", ratio=1)
+    table.add_column("heat map or reason", overflow="fold", ratio=1)
+    for item in write_heatmaps(predictor, iter_image_files(paths), out):
+        assessment = item.assessment
+        if assessment is None:
+            table.add_row("", "", str(item.path), f"unreadable: {item.error}")
+        elif assessment.prediction is None:
+            reasons = "; ".join(reason.message for reason in assessment.reasons)
+            table.add_row("", "retake", str(item.path), reasons)
+        else:
+            prediction = assessment.prediction
+            probability = "" if prediction.probability is None else f"{prediction.probability:.1%}"
+            table.add_row(probability, prediction.band or "", str(item.path), str(item.heatmap))
+    console.print(table)
+
+
+@app.command()
 def samples(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],

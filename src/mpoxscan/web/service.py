@@ -16,7 +16,7 @@ from PIL import Image
 
 from mpoxscan.data.images import ImageLimits, decode_image
 from mpoxscan.errors import InvalidImageError
-from mpoxscan.inference.explain import heatmap_png_bytes
+from mpoxscan.inference.explain import DISPLAY_MAX_SIDE, display_copy, heatmap_png_bytes
 from mpoxscan.inference.predictor import Assessment, Predictor
 from mpoxscan.web.api_errors import ApiError
 from mpoxscan.web.schemas import (
@@ -33,8 +33,6 @@ from mpoxscan.web.uploads import Upload
 #: Photos are analysed at most this many pixels a side: a 50 MP photo decodes to 150 MB,
 #: ten of them would not fit a small server, and the model sees a few hundred pixels anyway.
 WORKING_MAX_SIDE = 2048
-#: Heat-map overlays and the photos shown on the no-JS result page are this size at most.
-DISPLAY_MAX_SIDE = 512
 
 DEFAULT_INTENDED_USE = (
     "Research and education: a screening aid that estimates how much a photo of a skin lesion "
@@ -135,7 +133,7 @@ def analyse_uploads(
         result = _photo_result(index, next(assessments))
         wants_heatmap = explain and result.status == "ok"
         # The small copy costs a resize; only heat maps and the result page use it.
-        display = _display_copy(item) if wants_heatmap or with_photos else None
+        display = display_copy(item) if wants_heatmap or with_photos else None
         if wants_heatmap:
             png = heatmap_png_bytes(display, predictor.explain(display))
             result.heatmap_png = base64.b64encode(png).decode("ascii")
@@ -201,12 +199,6 @@ def _photo_result(index: int, assessment: Assessment) -> PhotoResult:
             band=pred.band,
         ),
     )
-
-
-def _display_copy(image: Image.Image) -> Image.Image:
-    copy = image.copy()
-    copy.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE), Image.Resampling.LANCZOS)
-    return copy
 
 
 def _jpeg_data_uri(image: Image.Image) -> str:
