@@ -180,3 +180,20 @@ def test_explain_writes_a_heat_map_per_assessed_photo(tiny_bundle, tmp_path, mon
     assert any("retake" in line and "tiny.png" in line for line in lines)
     assert any("unreadable" in line and "notes.jpg" in line for line in lines)
     assert sum("%" in line for line in lines) == 2
+
+
+def test_recipe_flags_and_train_config_reach_the_recorded_config(tiny_dataset, tmp_path):
+    base = tmp_path / "recipe.json"
+    base.write_text(json.dumps({"batch_size": 4, "patience": 9, "features": {"train_views": 5}}))
+    out = tmp_path / "cv"
+    invoke(
+        *("cv", "--data", tiny_dataset, "--out", out, "--folds", "2", "--image-size", "64"),
+        *("--recipe", "frozen-features", "--head", "linear", "--views", "2", "--no-tta"),
+        *("--epochs", "2", "--patience", "3", "--seed", "5", "--train-config", base),
+    )
+    train = json.loads((out / "summary.json").read_text())["config"]["train"]
+    assert train["batch_size"] == 4  # from the file
+    assert (train["patience"], train["epochs"], train["seed"]) == (3, 2, 5)  # flags win
+    assert train["recipe"] == "frozen-features"
+    features = train["features"]
+    assert (features["head"], features["train_views"], features["tta"]) == ("linear", 2, False)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -128,60 +129,45 @@ TrainConfigOpt = Annotated[
 ]
 
 
-def _configs(
-    data: Path,
-    model: str,
-    positive: str | None,
-    multiclass: bool,
-    patient_pattern: str | None,
-    image_size: int | None,
-    weights: Path | None,
-    epochs: int | None,
-    seed: int,
-    target_sensitivity: float,
-    recipe: RecipeChoice = RecipeChoice.auto,
-    features: dict | None = None,
-    overrides: dict | None = None,
-    train_config: Path | None = None,
-):
+def _configs(options: Mapping[str, Any]):
+    """The data, model and training configurations from the options of ``train`` or ``cv``
+    (``ctx.params``; a ``--train-config`` JSON file is the base the flags override)."""
     from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig
 
     data_cfg = DataConfig(
-        data_dir=str(data),
-        positive=positive,
-        multiclass=multiclass,
-        patient_pattern=patient_pattern,
+        data_dir=str(options["data"]),
+        positive=options["positive"],
+        multiclass=options["multiclass"],
+        patient_pattern=options["patient_pattern"],
     )
+    weights = options["weights"]
     model_cfg = ModelConfig(
-        name=model, image_size=image_size, weights=str(weights) if weights else None
+        name=options["model"],
+        image_size=options["image_size"],
+        weights=str(weights) if weights else None,
     )
+    train_config = options["train_config"]
     train_kwargs = json.loads(train_config.read_text()) if train_config else {}
-    train_kwargs |= {"seed": seed, "target_sensitivity": target_sensitivity}
-    if recipe is not RecipeChoice.auto:
-        train_kwargs["recipe"] = recipe.value
-    if epochs is not None:
-        train_kwargs["epochs"] = epochs
-    train_kwargs |= {key: value for key, value in (overrides or {}).items() if value is not None}
-    chosen = {key: value for key, value in (features or {}).items() if value is not None}
+    train_kwargs |= {"seed": options["seed"], "target_sensitivity": options["target_sensitivity"]}
+    if options["recipe"] is not RecipeChoice.auto:
+        train_kwargs["recipe"] = options["recipe"].value
+    flags = {key: options[key] for key in ("epochs", "trainable_from", "patience")}
+    train_kwargs |= {key: value for key, value in flags.items() if value is not None}
+    chosen = {key: value for key, value in _feature_options(options).items() if value is not None}
     if chosen:
         train_kwargs["features"] = train_kwargs.get("features", {}) | chosen
     return data_cfg, model_cfg, TrainConfig.from_dict(train_kwargs)
 
 
-def _feature_options(
-    head: HeadChoice | None,
-    views: int | None,
-    tta: bool | None,
-    cache: Path | None,
-    tail_blocks: int | None,
-) -> dict:
+def _feature_options(options: Mapping[str, Any]) -> dict:
     """The frozen-features flags as ``FeatureConfig`` fields (``None``: not given)."""
+    head, cache = options["head"], options["feature_cache"]
     return {
         "head": head.value if head else None,
-        "train_views": views,
-        "tta": tta,
+        "train_views": options["views"],
+        "tta": options["tta"],
         "cache_dir": str(cache) if cache else None,
-        "tail_blocks": tail_blocks,
+        "tail_blocks": options["tail_blocks"],
     }
 
 
@@ -227,22 +213,7 @@ def train(
     from mpoxscan.training.train import train_bundle
 
     try:
-        configs = _configs(
-            data,
-            model,
-            positive,
-            multiclass,
-            patient_pattern,
-            image_size,
-            weights,
-            epochs,
-            seed,
-            target_sensitivity,
-            recipe,
-            _feature_options(head, views, tta, feature_cache, tail_blocks),
-            {"trainable_from": trainable_from, "patience": patience},
-            train_config,
-        )
+        configs = _configs(ctx.params)  # the options above, by name
         result = train_bundle(*configs, out, command=_command_line(ctx))
     except (MpoxscanError, KeyError, FileNotFoundError, ValueError) as error:
         _fail(error)
@@ -579,22 +550,7 @@ def cv(
     from mpoxscan.training.cv import run_cv
 
     try:
-        configs = _configs(
-            data,
-            model,
-            positive,
-            multiclass,
-            patient_pattern,
-            image_size,
-            weights,
-            epochs,
-            seed,
-            target_sensitivity,
-            recipe,
-            _feature_options(head, views, tta, feature_cache, tail_blocks),
-            {"trainable_from": trainable_from, "patience": patience},
-            train_config,
-        )
+        configs = _configs(ctx.params)  # the options above, by name
         summary = run_cv(*configs, out, folds=folds, repeats=repeats, command=_command_line(ctx))
     except (MpoxscanError, KeyError, FileNotFoundError, ValueError) as error:
         _fail(error)
