@@ -639,7 +639,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     cases = generated_cases(args.photos, args.photo_size)
     env = {"MPOXSCAN_RATE_LIMIT_PER_MINUTE": "0"}
-    results: dict[str, Any] = {"machine": _machine()}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import machine
+
+    results: dict[str, Any] = {"machine": machine()}
     with ServerProcess(args.model_dir, workers=args.workers, env=env, log_level="warning") as srv:
         results["server_start_rss_mb"] = round(srv.rss_bytes() / 2**20, 1)
         if args.requests:
@@ -677,20 +680,6 @@ def latency_photos(args: argparse.Namespace) -> list[UploadCase]:
         return [c for c in generated_cases(args.photos, args.latency_photo_size) if c.good]
     paths = sorted(p for p in args.photos_dir.rglob("*") if p.suffix.lower() in {".jpg", ".png"})
     return [UploadCase(f"photo-{i}", p.read_bytes(), True) for i, p in enumerate(paths[:64])]
-
-
-def _machine() -> str:
-    """CPU model, usable cores and load average, for the results page."""
-    model = "unknown CPU"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line
-        )
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{model}, {len(os.sched_getaffinity(0))} usable cores, load average {load}"
 
 
 if __name__ == "__main__":
