@@ -30,14 +30,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, machine
 from mpoxscan.data.splits import Fold, grouped_folds
-from mpoxscan.evaluation.metrics import SUMMARY_METRICS, summarize_folds, to_jsonable
+from mpoxscan.evaluation.metrics import to_jsonable
 from mpoxscan.training.config import (
     DataConfig,
     FeatureConfig,
     ModelConfig,
     TrainConfig,
 )
-from mpoxscan.training.cv import pooled_metrics, run_fold, write_oof
+from mpoxscan.training.cv import fold_figures, run_fold, write_oof
 from mpoxscan.training.features import FeatureCache
 from mpoxscan.training.train import load_index
 
@@ -116,11 +116,7 @@ def nested_cv(outer_seed: int, names: list[str] | None, out_dir: Path) -> dict[s
             "inner_folds": INNER_FOLDS,
             "candidates": [c.name for c in grid],
             "chosen": choices,
-            "pooled": pooled_metrics(rows),
-            "mean_std": summarize_folds([e["metrics"] for e in entries], SUMMARY_METRICS),
-            "screening_mean_std": summarize_folds(
-                [e["screening_metrics"] for e in entries], SUMMARY_METRICS
-            ),
+            **fold_figures(entries, rows),
             "folds": entries,
         }
     )

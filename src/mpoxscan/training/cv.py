@@ -126,6 +126,23 @@ def pooled_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     )
 
 
+def fold_figures(entries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary's figures: pooled out-of-fold metrics, and the mean ± SD over folds at
+    p = 0.5 (``mean_std``) and at each fold's screening threshold (``screening_mean_std``).
+
+    Args:
+        entries: one entry per fold, as :func:`run_fold` returns them.
+        rows: the out-of-fold rows of every fold.
+    """
+    return {
+        "pooled": pooled_metrics(rows),
+        "mean_std": summarize_folds([e["metrics"] for e in entries], SUMMARY_METRICS),
+        "screening_mean_std": summarize_folds(
+            [e["screening_metrics"] for e in entries], SUMMARY_METRICS
+        ),
+    }
+
+
 def write_oof(rows: list[dict[str, Any]], path: Path) -> None:
     """Write out-of-fold probabilities as CSV."""
     with path.open("w", newline="") as handle:
@@ -206,11 +223,7 @@ def run_cv(
                     for name in index.class_names
                 },
             },
-            "pooled": pooled_metrics(rows),
-            "mean_std": summarize_folds([e["metrics"] for e in entries], SUMMARY_METRICS),
-            "screening_mean_std": summarize_folds(
-                [e["screening_metrics"] for e in entries], SUMMARY_METRICS
-            ),
+            **fold_figures(entries, rows),
             "folds": entries,
         }
     )
