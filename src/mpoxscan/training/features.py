@@ -38,6 +38,7 @@ from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.data.transforms import AugmentConfig, build_augmentation, normalize_batch
 from mpoxscan.training.config import TrainConfig
 from mpoxscan.training.loop import (
+    EarlyStopping,
     FitResult,
     _loss_and_correct,
     class_balanced_loss,
@@ -397,8 +398,12 @@ def _fit_tail(
     generator = torch.Generator().manual_seed(cfg.seed)
     history = [row | {"stage": "head"} for row in head_result.history]
     offset = len(history)
-    best_loss = _tail_val_loss(model, x_val, y_val, loss_fn, start)[0]
-    best_epoch, best_state, stale = head_result.best_epoch, copy.deepcopy(model.state_dict()), 0
+    stopping = EarlyStopping(
+        cfg.patience,
+        best_loss=_tail_val_loss(model, x_val, y_val, loss_fn, start)[0],
+        best_epoch=head_result.best_epoch,
+    )
+    best_state = copy.deepcopy(model.state_dict())
     for epoch in range(1, cfg.features.tail_epochs + 1):
         model.train()
         total, correct = 0.0, 0
@@ -413,17 +418,14 @@ def _fit_tail(
         val_loss, val_acc = _tail_val_loss(model, x_val, y_val, loss_fn, start)
         row = _row(offset + epoch, total / len(rows), correct / len(rows), val_loss, val_acc)
         history.append(row | {"stage": "tail"})
-        if val_loss < best_loss:
-            best_loss, best_epoch, stale = val_loss, offset + epoch, 0
+        if stopping.update(val_loss, offset + epoch):
             best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
+        elif stopping.should_stop:
+            break
     model.load_state_dict(best_state)
     model.freeze_backbone()
     model.eval()
-    return FitResult(history=history, best_epoch=best_epoch, best_state=best_state)
+    return FitResult(history=history, best_epoch=stopping.best_epoch, best_state=best_state)
 
 
 @torch.no_grad()
@@ -453,7 +455,7 @@ def _fit_linear(
     )
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
-    best_loss, best_epoch, best_head, stale = float("inf"), 0, None, 0
+    stopping, best_head = EarlyStopping(cfg.features.patience), None
     for epoch in range(1, cfg.features.epochs + 1):
         model.head.train()
         total, correct = 0.0, 0
@@ -468,16 +470,13 @@ def _fit_linear(
             correct += batch_correct
         val_loss, val_acc = _val_loss(model, x_val, y_val, loss_fn)
         history.append(_row(epoch, total / len(rows), correct / len(rows), val_loss, val_acc))
-        if val_loss < best_loss or best_head is None:
-            best_loss, best_epoch, stale = val_loss, epoch, 0
+        if stopping.update(val_loss, epoch):
             best_head = copy.deepcopy(model.head.state_dict())
-        else:
-            stale += 1
-            if stale >= cfg.features.patience:
-                break
+        elif stopping.should_stop:
+            break
     model.head.load_state_dict(best_head)
     model.eval()
-    return FitResult(history=history, best_epoch=best_epoch, best_state=model.state_dict())
+    return FitResult(history=history, best_epoch=stopping.best_epoch, best_state=model.state_dict())
 
 
 def _fit_logreg(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -15,6 +16,42 @@ from torch.utils.data import DataLoader, Dataset
 from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.data.transforms import build_augmentation, normalize_batch
 from mpoxscan.training.config import TrainConfig
+
+
+class EarlyStopping:
+    """Keeps the best validation loss and says when to stop: after ``patience`` epochs in a
+    row without a lower loss.
+
+    Args:
+        patience: epochs without improvement before stopping.
+        best_loss: a loss to beat from the start (e.g. the model before this stage).
+        best_epoch: the epoch that loss came from.
+
+    Attributes:
+        best_loss, best_epoch: the best so far.
+    """
+
+    def __init__(self, patience: int, best_loss: float | None = None, best_epoch: int = 0):
+        self.patience = patience
+        self.best_loss = math.inf if best_loss is None else best_loss
+        self.best_epoch = best_epoch
+        self._has_best = best_loss is not None
+        self._stale = 0
+
+    def update(self, loss: float, epoch: int) -> bool:
+        """Record an epoch's validation loss; ``True`` when it is the best so far (the first
+        epoch always is, unless a starting loss was given), so its weights should be kept."""
+        if loss < self.best_loss or not self._has_best:
+            self.best_loss, self.best_epoch, self._stale = loss, epoch, 0
+            self._has_best = True
+            return True
+        self._stale += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether ``patience`` epochs in a row brought no improvement."""
+        return self._stale >= self.patience
 
 
 @dataclass
@@ -169,7 +206,7 @@ def fit(
     optimizer = make_optimizer(model, cfg, cfg.backbone_lr if backbone_lr is None else backbone_lr)
     augment = build_augmentation(cfg.augment, prep.image_size)
     history: list[dict[str, float]] = []
-    best_loss, best_epoch, best_state, stale = float("inf"), 0, None, 0
+    stopping, best_state = EarlyStopping(cfg.patience), None
     with _progress(show_progress) as progress:
         for epoch in range(1, cfg.epochs + 1):
             task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(loader), stats="")
@@ -181,15 +218,12 @@ def fit(
             val = evaluate_loader(model, val_ds, loss_fn, prep)
             history.append(_epoch_row(epoch, train, val))
             progress.update(task, stats=_epoch_stats(history[-1]))
-            if val["loss"] < best_loss or best_state is None:
-                best_loss, best_epoch, stale = val["loss"], epoch, 0
+            if stopping.update(val["loss"], epoch):
                 best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    break
+            elif stopping.should_stop:
+                break
     model.load_state_dict(best_state)
-    return FitResult(history=history, best_epoch=best_epoch, best_state=best_state)
+    return FitResult(history=history, best_epoch=stopping.best_epoch, best_state=best_state)
 
 
 def _epoch_row(epoch: int, train: dict[str, float], val: dict[str, float]) -> dict[str, float]:
