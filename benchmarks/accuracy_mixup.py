@@ -36,7 +36,7 @@ from mpoxscan.data.loading import ImageDataset
 from mpoxscan.data.splits import grouped_folds
 from mpoxscan.evaluation.metrics import binary_metrics, summarize_folds, to_jsonable
 from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig
-from mpoxscan.training.features import FeatureCache, embed_dataset
+from mpoxscan.training.frozen_features import FeatureCache, embed_dataset
 from mpoxscan.training.train import build_model, load_index
 
 KEYS = ("accuracy", "roc_auc", "sensitivity", "specificity", "log_loss")

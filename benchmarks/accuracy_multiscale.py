@@ -5,8 +5,8 @@ EfficientNet-Lite0 stages, concatenated with the final 1280-d embedding (``model
 might classify better under a linear head than the final embedding alone.
 
 Every variant is scored on the same patient-grouped folds (``grouped_folds``, stratified) with
-the head protocol of ``mpoxscan``'s frozen-features recipe (``training/features.py``): features
-standardised on the training rows, L2 logistic regression (``class_weight="balanced"``) for
+the head protocol of ``mpoxscan``'s frozen-features recipe (``training/frozen_features.py``):
+features standardised on the training rows, L2 logistic regression (``class_weight="balanced"``) for
 each ``C`` of ``FeatureConfig.logreg_cs`` (1e-4..1), the ``C`` with the lowest class-balanced
 validation log loss on the fold's ``val`` patients kept. The test fold is only scored. Training
 uses views 0 (photo) and 1 (mirror) of each training photo (``--train-views 10`` adds eight
@@ -55,7 +55,7 @@ from mpoxscan.data.transforms import AugmentConfig, build_augmentation, normaliz
 from mpoxscan.evaluation.metrics import binary_metrics, summarize_folds
 from mpoxscan.models import create_model
 from mpoxscan.training.config import DataConfig, FeatureConfig
-from mpoxscan.training.features import file_sha256, render_view, view_seed
+from mpoxscan.training.frozen_features import file_sha256, render_view, view_seed
 from mpoxscan.training.train import load_index
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "msld-v1"

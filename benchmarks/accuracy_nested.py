@@ -38,7 +38,7 @@ from mpoxscan.training.config import (
     TrainConfig,
 )
 from mpoxscan.training.cv import fold_figures, run_fold, write_oof
-from mpoxscan.training.features import FeatureCache
+from mpoxscan.training.frozen_features import FeatureCache
 from mpoxscan.training.train import load_index
 
 DATA = REPO_ROOT.parent / "shared/data/msld-v1"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from _common import IMAGE_SIZE, MODELS, WORK_DIR, bundle_dir, make_unsplit_dataset
-from mpoxscan.inference.onnx import export_onnx
+from mpoxscan.inference.onnx_export import export_onnx
 from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig
 from mpoxscan.training.train import train_bundle
 

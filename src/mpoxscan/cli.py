@@ -410,7 +410,7 @@ def samples(
 ) -> None:
     """Write the tutorial's 4x3 grid of sample photos with their class names."""
     from mpoxscan.errors import MpoxscanError
-    from mpoxscan.evaluation.samples import write_samples_grid
+    from mpoxscan.evaluation.sample_grid import write_samples_grid
 
     try:
         path = write_samples_grid(data, out, seed=seed)
@@ -499,7 +499,7 @@ def export(
 ) -> None:
     """Export a bundle's model to ONNX (with a parity check against PyTorch)."""
     from mpoxscan.errors import MpoxscanError
-    from mpoxscan.inference.onnx import export_onnx
+    from mpoxscan.inference.onnx_export import export_onnx
 
     if fmt != "onnx":
         _fail(ValueError(f"unknown format {fmt!r}; only 'onnx' is supported"))

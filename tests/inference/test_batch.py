@@ -27,7 +27,7 @@ from mpoxscan.inference.batch import (
     prepare_batch,
     read_finished,
 )
-from mpoxscan.inference.onnx import export_onnx
+from mpoxscan.inference.onnx_export import export_onnx
 from mpoxscan.inference.predictor import Predictor, images_to_pixels
 
 from testdata import make_lesion_photo

@@ -21,7 +21,7 @@ import torch
 
 from mpoxscan.errors import BundleError
 from mpoxscan.inference.bundle import read_bundle_meta, save_bundle, sha256_file
-from mpoxscan.inference.onnx import export_onnx
+from mpoxscan.inference.onnx_export import export_onnx
 from mpoxscan.inference.predictor import Predictor
 from mpoxscan.models.registry import create_model
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from mpoxscan.data.preprocessing import resize_image
 from mpoxscan.errors import BundleError
-from mpoxscan.inference.onnx import export_onnx
+from mpoxscan.inference.onnx_export import export_onnx
 from mpoxscan.inference.predictor import (
     Predictor,
     images_to_pixels,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mpoxscan.inference.batch import BatchConfig, LocalEngine, predict_to_file
-from mpoxscan.inference.onnx import export_onnx
+from mpoxscan.inference.onnx_export import export_onnx
 from mpoxscan.inference.predictor import Predictor
 
 from testdata import make_lesion_photo

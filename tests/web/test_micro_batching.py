@@ -20,7 +20,7 @@ from web_support import lesion_jpeg
 
 from mpoxscan.cli import app as cli_app
 from mpoxscan.web.app import create_app
-from mpoxscan.web.batching import MicroBatcher
+from mpoxscan.web.micro_batching import MicroBatcher
 from mpoxscan.web.settings import Settings
 
 CLIENTS = 8

@@ -1,6 +1,6 @@
 """Running an exported bundle graph with ONNX Runtime (no torch needed).
 
-The graph's contract is described in :mod:`mpoxscan.inference.onnx`, which exports it.
+The graph's contract is described in :mod:`mpoxscan.inference.onnx_export`, which exports it.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class OnnxModel:
         except Exception as err:  # onnxruntime raises its own untyped errors
             raise BundleError(
                 f"ONNX Runtime cannot load {self.path} ({err}). Export it again with "
-                "mpoxscan.inference.onnx.export_onnx."
+                "mpoxscan.inference.onnx_export.export_onnx."
             ) from err
         shape = self.session_.get_inputs()[0].shape
         self.image_size_ = shape[-1] if isinstance(shape[-1], int) else None

@@ -227,7 +227,7 @@ class Predictor:
         if backend == "onnx" and not has_onnx:
             raise BundleError(
                 f"The bundle {bundle} has no {ONNX_FILE}. Export one with "
-                "mpoxscan.inference.onnx.export_onnx, or load it with backend='torch'."
+                "mpoxscan.inference.onnx_export.export_onnx, or load it with backend='torch'."
             )
         self.bundle_dir_ = bundle
         self.meta_ = meta
@@ -255,7 +255,7 @@ class Predictor:
         with self._torch_lock:
             if self.torch_model_ is None:
                 from mpoxscan.inference.bundle import load_torch_model
-                from mpoxscan.inference.onnx import inference_module
+                from mpoxscan.inference.onnx_export import inference_module
 
                 model, _ = load_torch_model(self.bundle_dir_)
                 self.torch_model_ = inference_module(model, self.meta_)

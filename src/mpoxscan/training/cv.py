@@ -32,7 +32,7 @@ from mpoxscan.training.config import (
     config_dict,
     with_recipe,
 )
-from mpoxscan.training.features import FeatureCache
+from mpoxscan.training.frozen_features import FeatureCache
 from mpoxscan.training.loop import num_outputs_of
 from mpoxscan.training.train import (
     build_model,

@@ -32,7 +32,7 @@ from mpoxscan.training.config import (
     config_dict,
     with_recipe,
 )
-from mpoxscan.training.features import (
+from mpoxscan.training.frozen_features import (
     FeatureCache,
     fit_frozen_head,
     frozen_embeddings,

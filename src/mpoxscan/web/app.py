@@ -95,14 +95,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the predictor once per process, and warm it so the first request is fast; start
     the micro-batcher (stopped at shutdown); open the audit log when it is on."""
     from mpoxscan.inference.predictor import Predictor
-    from mpoxscan.web.batching import MicroBatcher
+    from mpoxscan.web.micro_batching import MicroBatcher
     from mpoxscan.web.service import model_info, warm_up
 
     settings: Settings = app.state.settings
     app.state.prediction_limiter = anyio.CapacityLimiter(settings.max_concurrent_predictions)
     _single_threaded_blas()
     if settings.audit_log:
-        from mpoxscan.web.audit import AuditLog
+        from mpoxscan.web.prediction_log import AuditLog
 
         app.state.audit_log = await run_in_threadpool(AuditLog, settings.audit_db_url)
     predictor = await run_in_threadpool(

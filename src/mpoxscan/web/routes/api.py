@@ -12,14 +12,14 @@ from fastapi import APIRouter, Query, Request
 from mpoxscan import __version__
 from mpoxscan.data.images import ImageLimits
 from mpoxscan.web.api_errors import ApiError
-from mpoxscan.web.audit import audit_records
 from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep
 from mpoxscan.web.observability import request_id
+from mpoxscan.web.prediction_log import audit_records
+from mpoxscan.web.prediction_threads import run_prediction
 from mpoxscan.web.schemas import ErrorResponse, Health, ModelInfo, PredictResponse
 from mpoxscan.web.service import Analysis, analyse_uploads
 from mpoxscan.web.settings import Settings
 from mpoxscan.web.uploads import Upload, UploadForm, check_content_length, read_upload_form
-from mpoxscan.web.workers import run_prediction
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from mpoxscan.inference.predictor import UNCERTAIN_FRACTION
 from mpoxscan.web.api_errors import ApiError
 from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep, get_language
 from mpoxscan.web.i18n import LANG_COOKIE, LANGUAGE_NAMES, LANGUAGES, normalise_language, translate
+from mpoxscan.web.prediction_threads import run_prediction
 from mpoxscan.web.routes.api import finish_analysis, image_limits, read_photos
 from mpoxscan.web.service import analyse_uploads
-from mpoxscan.web.workers import run_prediction
 
 router = APIRouter(include_in_schema=False)
 

@@ -22,7 +22,7 @@ from mpoxscan.training.config import (
     with_recipe,
 )
 from mpoxscan.training.cv import run_cv
-from mpoxscan.training.features import (
+from mpoxscan.training.frozen_features import (
     FeatureCache,
     check_pooled_head,
     embed_dataset,

@@ -10,7 +10,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from mpoxscan.web.api_errors import ApiError
-from mpoxscan.web.batching import MicroBatcher
+from mpoxscan.web.micro_batching import MicroBatcher
 
 logger = logging.getLogger(__name__)
 
