@@ -178,7 +178,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
     model: ModelOpt = "efficientnet-lite0",
     epochs: Annotated[
-        int | None, typer.Option(help="Maximum epochs (early stopping may end sooner).")
+        int | None, typer.Option(help="Maximum epochs (early stopping may end sooner).", min=1)
     ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed for the split, initialisation and augmentation.")
@@ -423,8 +423,8 @@ def samples(
 def serve(
     model_dir: BundleOpt = Path("models/default"),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
     micro_batch_max_size: Annotated[
         int | None,
         typer.Option(
@@ -522,9 +522,9 @@ def cv(
         "runs/cv"
     ),
     model: ModelOpt = "efficientnet-lite0",
-    folds: Annotated[int, typer.Option(help="Number of patient-grouped folds.")] = 5,
-    repeats: Annotated[int, typer.Option(help="Repeats with reshuffled folds.")] = 1,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per fold.")] = None,
+    folds: Annotated[int, typer.Option(help="Number of patient-grouped folds.", min=2)] = 5,
+    repeats: Annotated[int, typer.Option(help="Repeats with reshuffled folds.", min=1)] = 1,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per fold.", min=1)] = None,
     seed: int = 0,
     weights: Annotated[Path | None, typer.Option(help="ImageNet weights file for vgg16.")] = None,
     positive: PositiveOpt = None,

@@ -206,16 +206,22 @@ def update_bundle_files(
     bundle_dir: str | Path,
     meta_updates: Mapping[str, Any] | None = None,
     new_files: Iterable[str | Path] = (),
+    *,
+    staged: Mapping[str, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Add or replace files in a bundle and rewrite ``model.json`` with their hashes.
 
-    The bundle is validated first, so an update never blesses a tampered file.
+    The bundle is validated first (before any file of it is replaced), so an update never
+    blesses a tampered file, and replacing a file the bundle already lists (``export`` run
+    twice) records the new file's hash instead of failing on the old one.
 
     Args:
         bundle_dir: the bundle folder.
         meta_updates: top-level keys to set in ``model.json`` (e.g. ``{"onnx": {...}}``).
         new_files: files to record: names relative to the bundle folder, or absolute paths
             elsewhere, which are copied in.
+        staged: files written elsewhere (e.g. a temporary file in the bundle folder), by the
+            name they take in the bundle; each is moved into place.
 
     Returns:
         The new metadata.
@@ -224,6 +230,10 @@ def update_bundle_files(
     meta = read_bundle_meta(bundle)
     meta.update(_to_json(dict(meta_updates or {})))
     files = dict(meta["files"])
+    for name, source in (staged or {}).items():
+        _check_new_name(bundle, name)
+        os.replace(source, bundle / name)
+        files[name] = sha256_file(bundle / name)
     for item in new_files:
         path = Path(item)
         name = _copy_into(bundle, path if path.is_absolute() else bundle / path)
@@ -281,11 +291,17 @@ def _save_ood(out: Path, ood: OodDetector) -> dict[str, Any]:
     }
 
 
+def _check_new_name(bundle: Path, name: str) -> None:
+    if Path(name).name != name:
+        raise BundleError(f"Cannot add {name!r} to {bundle}: it is outside the bundle.")
+    if Path(name).suffix.lower() in PICKLE_SUFFIXES:
+        raise BundleError(f"Refusing to add {name}: bundles never carry pickle files.")
+
+
 def _copy_into(bundle: Path, path: Path) -> str:
     if not path.is_file():
         raise BundleError(f"Cannot add {path} to the bundle: it is not a file.")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise BundleError(f"Refusing to add {path.name}: bundles never carry pickle files.")
+    _check_new_name(bundle, path.name)
     target = bundle / path.name
     if path.resolve() != target.resolve():
         _write_atomic(target, lambda tmp: shutil.copyfile(path, tmp))

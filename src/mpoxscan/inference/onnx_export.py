@@ -149,11 +149,11 @@ def export_onnx(
                 f"{PARITY_TOLERANCE:.0e}), so it was not saved. Serve this bundle with "
                 "backend='torch', or try another opset."
             )
-        os.replace(tmp, bundle / ONNX_FILE)
+        onnx_meta = {"opset": opset, "parity_max_abs_diff": diff, "parity_samples": len(pixels)}
+        # The bundle (its old model.onnx included) is checked before the new graph replaces it.
+        update_bundle_files(bundle, {"onnx": onnx_meta}, staged={ONNX_FILE: tmp})
     finally:
         tmp.unlink(missing_ok=True)
-    onnx_meta = {"opset": opset, "parity_max_abs_diff": diff, "parity_samples": len(pixels)}
-    update_bundle_files(bundle, {"onnx": onnx_meta}, [ONNX_FILE])
     return ExportReport(path=bundle / ONNX_FILE, max_abs_diff=diff, n_samples=len(pixels))
 
 
