@@ -40,3 +40,15 @@ class NotFittedError(MpoxscanError, ValueError, AttributeError):
     """An estimator was used before ``fit``."""
 
     code = "not_fitted"
+
+
+class InvalidAnswersError(MpoxscanError, ValueError):
+    """Questionnaire answers name an unknown question or give a value it does not allow."""
+
+    code = "invalid_answers"
+
+
+class RuleSetError(MpoxscanError, ValueError):
+    """A questionnaire rule file is malformed or refers to unknown questions or sources."""
+
+    code = "bad_rule_set"
