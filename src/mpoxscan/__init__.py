@@ -1,11 +1,6 @@
 """mpoxscan: screen photos of skin lesions for mpox, with honest, patient-grouped numbers."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("mpoxscan")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+from mpoxscan._version import __version__
 
 __all__ = ["__version__", "load_model"]
 

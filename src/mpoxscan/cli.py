@@ -289,7 +289,8 @@ def predict(
 ) -> None:
     """Predict image files or folders; unreadable files get an error entry."""
     from mpoxscan.errors import MpoxscanError
-    from mpoxscan.inference.batch import BatchConfig, iter_image_files, open_engine
+    from mpoxscan.inference.batch import BatchConfig, iter_image_files
+    from mpoxscan.inference.engines import open_engine
 
     try:
         predictor_engine = open_engine(
@@ -378,7 +379,7 @@ def explain(
 
     from mpoxscan.errors import MpoxscanError
     from mpoxscan.inference.batch import iter_image_files
-    from mpoxscan.inference.explain import write_heatmaps
+    from mpoxscan.inference.heatmaps import write_heatmaps
     from mpoxscan.inference.predictor import Predictor
 
     try:
@@ -477,7 +478,7 @@ def import_keras(
 ) -> None:
     """Turn the tutorial's trained Keras VGG16 model into an mpoxscan bundle."""
     from mpoxscan.errors import MpoxscanError
-    from mpoxscan.inference.importers import import_keras_bundle
+    from mpoxscan.inference.keras_import import import_keras_bundle
 
     try:
         bundle = import_keras_bundle(

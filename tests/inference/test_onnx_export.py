@@ -13,9 +13,10 @@ from inference_support import LITE_SIZE, SEED_SIZE, build_bundle, lesion_photos
 
 from mpoxscan.errors import BundleError
 from mpoxscan.inference.bundle import load_torch_model, read_bundle_meta, sha256_file
-from mpoxscan.inference.onnx_export import PARITY_TOLERANCE, export_onnx, inference_module
+from mpoxscan.inference.onnx_export import PARITY_TOLERANCE, export_onnx
 from mpoxscan.inference.onnx_runtime import OnnxModel, default_threads
 from mpoxscan.inference.predictor import Predictor
+from mpoxscan.inference.torch_backend import inference_module
 
 MODELS = [("seed-cnn", SEED_SIZE), ("efficientnet-lite0", LITE_SIZE)]
 

@@ -21,7 +21,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from mpoxscan import __version__
+from mpoxscan._version import __version__
 from mpoxscan.evaluation import plots
 from mpoxscan.evaluation.metrics import binary_metrics
 from mpoxscan.evaluation.tables import (

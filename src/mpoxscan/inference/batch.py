@@ -28,7 +28,7 @@ import numpy as np
 
 from mpoxscan.data.images import IMAGE_SUFFIXES, decode_image
 from mpoxscan.data.preprocessing import resize_image
-from mpoxscan.errors import InvalidImageError, MpoxscanError
+from mpoxscan.errors import InvalidImageError
 from mpoxscan.inference.predictor import Predictor
 
 Row = dict[str, Any]
@@ -293,50 +293,6 @@ class LocalEngine:
         finally:
             # Also on an early stop (an interrupt, a consumer that breaks off): no stray work.
             pool.shutdown(wait=True, cancel_futures=True)
-
-
-def open_engine(
-    model_dir: str | Path,
-    *,
-    engine: Engine = "local",
-    config: BatchConfig | None = None,
-    ray_address: str | None = None,
-) -> PredictionEngine:
-    """Load a bundle into a prediction engine.
-
-    Args:
-        model_dir: the bundle folder.
-        engine: ``"local"`` (this process) or ``"ray"`` (Ray Data; imports Ray only then).
-        config: batching settings (the batch size applies to both engines).
-        ray_address: Ray cluster to connect to; ``None``: ``RAY_ADDRESS`` when set, else a
-            local Ray started for the run.
-
-    Returns:
-        The engine; call it with files to get row batches.
-
-    Raises:
-        BundleError: the bundle is invalid.
-        MpoxscanError: ``engine="ray"`` and Ray is not installed.
-        ValueError: an unknown engine.
-    """
-    config = config or BatchConfig()
-    if engine == "local":
-        predictor = Predictor.load(model_dir, threads=config.threads, batch_size=config.batch_size)
-        return LocalEngine(predictor, config)
-    if engine == "ray":
-        try:
-            from mpoxscan.inference.ray_engine import RayConfig, RayEngine
-        except ModuleNotFoundError as error:
-            if error.name != "ray":
-                raise
-            raise MpoxscanError(
-                "--engine ray needs Ray Data, which is not installed: install mpoxscan's "
-                "ray extra (or the ray package with its data extra)",
-                code="ray_missing",
-            ) from error
-
-        return RayEngine.load(model_dir, config, RayConfig(address=ray_address))
-    raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
 
 
 def predict_paths(

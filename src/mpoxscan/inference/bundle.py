@@ -245,7 +245,7 @@ def update_bundle_files(
 
 
 def _complete_meta(meta: Mapping[str, Any], out: Path) -> dict[str, Any]:
-    from mpoxscan import __version__
+    from mpoxscan._version import __version__
 
     missing = [key for key in REQUIRED_META_KEYS if key not in meta]
     if missing:

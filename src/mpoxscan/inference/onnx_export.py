@@ -5,96 +5,33 @@ The exported graph is the whole inference contract (see docs/architecture.md): i
 with the bundle's mean/std, runs the network, divides the logits by the temperature and returns
 ``probabilities`` (N, n_classes) and ``embedding`` (N, C), with a dynamic batch axis. The torch
 backend of :class:`~mpoxscan.inference.predictor.Predictor` runs the same
-:class:`InferenceModule`, so both backends compute the same numbers.
+:class:`~mpoxscan.inference.torch_backend.InferenceModule`, so both backends compute the same
+numbers.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from mpoxscan.errors import BundleError
 from mpoxscan.inference.bundle import ONNX_FILE, load_torch_model, update_bundle_files
 from mpoxscan.inference.onnx_runtime import INPUT_NAME, OUTPUT_NAMES, OnnxModel
+from mpoxscan.inference.predictor import images_to_pixels
+from mpoxscan.inference.torch_backend import InferenceModule, inference_module
 
 #: Largest allowed |p_onnx - p_torch| in the parity check after export.
 PARITY_TOLERANCE = 1e-4
 
 #: Random pixel batches checked when ``export_onnx`` gets no sample images.
 DEFAULT_PARITY_SAMPLES = 5
-
-
-class InferenceModule(nn.Module):
-    """A network wrapped to the inference contract: 0-255 pixels in, probabilities out.
-
-    Args:
-        model: an :class:`~mpoxscan.models.registry.MpoxNet` (``forward_features``,
-            ``forward_head``).
-        mean: per-channel mean on the 0-255 scale.
-        std: per-channel divisor on the 0-255 scale.
-        temperature: logits are divided by it before the sigmoid/softmax (calibration).
-        binary: the network has one logit (of the positive class): probabilities are
-            ``[1 - p, p]`` with ``p = sigmoid(logit / T)``; otherwise a softmax.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        mean: Sequence[float],
-        std: Sequence[float],
-        temperature: float = 1.0,
-        binary: bool = True,
-    ):
-        super().__init__()
-        if not temperature > 0:
-            raise BundleError(f"temperature must be positive, got {temperature}; re-export")
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.temperature = float(temperature)
-        self.binary = binary
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(probabilities (N, n_classes), embedding (N, C))`` for 0-255 pixels."""
-        features = self.model.forward_features((pixels - self.mean) / self.std)
-        logits = self.model.forward_head(features) / self.temperature
-        # The embedding is MpoxNet.embed computed from the same features: one forward pass.
-        embedding = features.mean(dim=(2, 3))
-        if self.binary:
-            positive = torch.sigmoid(logits)
-            return torch.cat([1.0 - positive, positive], dim=1), embedding
-        return torch.softmax(logits, dim=1), embedding
-
-
-def inference_module(model: nn.Module, meta: Mapping[str, Any]) -> InferenceModule:
-    """Wrap a bundle's network with its preprocessing and temperature.
-
-    Args:
-        model: the network from :func:`~mpoxscan.inference.bundle.load_torch_model`.
-        meta: the bundle's metadata.
-
-    Returns:
-        The wrapper, in eval mode.
-    """
-    prep = meta["preprocessing"]
-    temperature = meta.get("temperature")
-    module = InferenceModule(
-        model,
-        prep["mean"],
-        prep["std"],
-        temperature=1.0 if temperature is None else float(temperature),
-        binary=int(meta["architecture"]["num_outputs"]) == 1,
-    )
-    return module.eval()
 
 
 @dataclass(frozen=True)
@@ -182,8 +119,6 @@ def _export(module: InferenceModule, path: Path, size: int, opset: int) -> None:
 
 
 def _parity_pixels(samples: Sequence[Image.Image] | np.ndarray | None, size: int) -> np.ndarray:
-    from mpoxscan.inference.predictor import images_to_pixels
-
     if samples is None:
         rng = np.random.default_rng(0)
         shape = (DEFAULT_PARITY_SAMPLES, 3, size, size)

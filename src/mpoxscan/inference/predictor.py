@@ -255,7 +255,7 @@ class Predictor:
         with self._torch_lock:
             if self.torch_model_ is None:
                 from mpoxscan.inference.bundle import load_torch_model
-                from mpoxscan.inference.onnx_export import inference_module
+                from mpoxscan.inference.torch_backend import inference_module
 
                 model, _ = load_torch_model(self.bundle_dir_)
                 self.torch_model_ = inference_module(model, self.meta_)

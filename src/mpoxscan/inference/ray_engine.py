@@ -10,7 +10,7 @@ photos must be readable at the same paths on every node (absolute paths on a sha
 system: relative ones resolve against each worker's folder, which is the driver's only on a
 local Ray).
 
-Only this module imports Ray, and only :func:`~mpoxscan.inference.batch.open_engine` with
+Only this module imports Ray, and only :func:`~mpoxscan.inference.engines.open_engine` with
 ``engine="ray"`` imports this module.
 """
 

@@ -97,7 +97,7 @@ def build_seed_cnn(
     """Build the seed CNN.
 
     It has no pretrained weights: ``pretrained`` is ignored. To start from a Keras-trained
-    seed CNN, use :func:`mpoxscan.models.keras_import.import_keras_model`.
+    seed CNN, use :func:`mpoxscan.inference.keras_import.import_keras_model`.
 
     Args:
         num_outputs: number of logits (1 for binary).

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mpoxscan.data.preprocessing import Preprocessing
-from mpoxscan.models.keras_import import is_keras_model_file, read_keras_weights
+from mpoxscan.models.keras_h5 import is_keras_model_file, read_keras_weights
 from mpoxscan.models.registry import (
     ChannelsLastFlatten,
     MpoxNet,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mpoxscan import __version__
+from mpoxscan._version import __version__
 from mpoxscan.data.datasets import DatasetIndex, fingerprint_records
 from mpoxscan.data.loading import ImageDataset
 from mpoxscan.data.splits import Fold, Split, grouped_folds

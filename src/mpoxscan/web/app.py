@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from mpoxscan import __version__
+from mpoxscan._version import __version__
 from mpoxscan.errors import BundleError
 from mpoxscan.web.api_errors import ApiError
 from mpoxscan.web.i18n import load_catalogues

@@ -9,7 +9,7 @@ from functools import partial
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 
-from mpoxscan import __version__
+from mpoxscan._version import __version__
 from mpoxscan.data.images import ImageLimits
 from mpoxscan.web.api_errors import ApiError
 from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from mpoxscan import __version__
+from mpoxscan._version import __version__
 from mpoxscan.inference.predictor import UNCERTAIN_FRACTION
 from mpoxscan.web.api_errors import ApiError
 from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep, get_language

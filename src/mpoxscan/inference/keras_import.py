@@ -1,38 +1,36 @@
-"""Read Keras HDF5 files: VGG16 notop ImageNet weights and whole models saved with ``model.save``.
+"""Turn the tutorial's whole saved Keras models (``model.save`` HDF5) into mpoxscan bundles.
 
-Keras stores weights per layer group, each group listing its arrays in a ``weight_names``
-attribute. Names vary by Keras version: Keras 1 wrote ``block1_conv1_W_1:0``, Keras 2
-``block1_conv1/kernel:0``, Keras 3 ``block1_conv1/kernel``. Arrays are matched by name, never by
-position: Keras lists a nested model's trainable weights before its frozen ones, so positions
-change with what was frozen during training.
+`mpoxscan import-keras`: :func:`import_keras_model` converts the file to a PyTorch model with
+the same outputs, :func:`import_keras_bundle` saves it as a bundle that `predict` and `serve`
+use. The arrays are read by :mod:`mpoxscan.models.keras_h5`.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
 import torch
 from torch import nn
 
+from mpoxscan.data.datasets import file_sha256
 from mpoxscan.data.preprocessing import Preprocessing
+from mpoxscan.errors import BundleError
+from mpoxscan.inference.bundle import save_bundle
+from mpoxscan.models.keras_h5 import (
+    LayerWeights,
+    is_keras_model_file,
+    read_keras_weights,
+    read_model_config,
+)
 from mpoxscan.models.registry import MpoxNet, WeightsError, assign_parameter
 from mpoxscan.models.seed_cnn import SEED_CONVS, SeedCNN, build_seed_cnn
+from mpoxscan.models.vgg16 import VGG16, build_vgg16
 
-if TYPE_CHECKING:
-    from mpoxscan.models.vgg16 import VGG16
-
-#: A Keras layer's arrays by kind (``"kernel"``, ``"bias"``; other kinds keep Keras' name).
-LayerWeights = dict[str, np.ndarray]
-
-_KINDS = {"kernel": "kernel", "W": "kernel", "bias": "bias", "b": "bias"}
-_KERAS1_NAME = re.compile(r"(?P<layer>.+)_(?P<kind>W|b)(_\d+)?")
 _CONTAINERS = frozenset({"Functional", "Model", "Sequential"})
 #: Layers that do nothing at inference (augmentation, dropout) or only declare the input.
 _PASSIVE = frozenset(
@@ -88,82 +86,6 @@ class _KerasLayer:
     class_name: str
     name: str
     config: dict[str, Any]
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf8") if isinstance(value, bytes) else str(value)
-
-
-def _name_list(attrs: h5py.AttributeManager, key: str) -> list[str]:
-    """Read a list attribute, which Keras splits into ``key0``, ``key1``... when it is long."""
-    if key in attrs:
-        return [_text(v) for v in attrs[key]]
-    names: list[str] = []
-    chunk = 0
-    while f"{key}{chunk}" in attrs:
-        names += [_text(v) for v in attrs[f"{key}{chunk}"]]
-        chunk += 1
-    return names
-
-
-def _parse_weight_name(name: str) -> tuple[str | None, str]:
-    """Split a Keras weight name into (owning layer or None, kind)."""
-    base = name.split(":")[0]
-    parts = base.split("/")
-    if len(parts) >= 2:
-        return parts[-2], _KINDS.get(parts[-1], parts[-1])
-    if match := _KERAS1_NAME.fullmatch(base):
-        return match["layer"], _KINDS[match["kind"]]
-    return None, _KINDS.get(base, base)
-
-
-def _weights_root(file: h5py.File, path: Path) -> h5py.Group:
-    if "layer_names" in file.attrs or "layer_names0" in file.attrs:
-        return file
-    if "model_weights" in file:
-        return file["model_weights"]
-    raise WeightsError(
-        f"{path} is an HDF5 file but not a Keras weights file (no layer_names attribute and "
-        "no model_weights group); pass a file written by Keras' save_weights or model.save"
-    )
-
-
-def read_keras_weights(path: Path) -> dict[str, LayerWeights]:
-    """Read every layer's arrays from a Keras HDF5 weights or whole-model file.
-
-    Layers of a nested model (a VGG16 base saved as one layer) are listed under their own
-    names, as if inlined.
-
-    Args:
-        path: a ``save_weights`` file (``layer_names`` on the root) or a ``model.save`` file
-            (the same under ``model_weights``).
-
-    Returns:
-        Layer name to ``{"kernel": array, "bias": array}`` in Keras' layouts (a Conv2D
-        kernel is ``(kh, kw, in, out)``, a Dense kernel ``(in, out)``).
-
-    Raises:
-        WeightsError: if the file is not a Keras HDF5 weights file.
-    """
-    layers: dict[str, LayerWeights] = {}
-    with h5py.File(path, "r") as file:
-        root = _weights_root(file, path)
-        for layer in _name_list(root.attrs, "layer_names"):
-            group = root[layer]
-            names = _name_list(group.attrs, "weight_names")
-            parsed = [_parse_weight_name(name) for name in names]
-            # A group holding one layer's arrays is that layer, whatever the names say.
-            single = len({owner for owner, _ in parsed}) <= 1
-            for name, (owner, kind) in zip(names, parsed, strict=True):
-                key = layer if single or owner is None else owner
-                layers.setdefault(key, {})[kind] = np.asarray(group[name], dtype=np.float32)
-    return layers
-
-
-def is_keras_model_file(path: Path) -> bool:
-    """Return whether ``path`` is a whole Keras model saved with ``model.save`` (HDF5)."""
-    with h5py.File(path, "r") as file:
-        return "model_config" in file.attrs
 
 
 def _find_key(obj: Any, keys: tuple[str, ...]) -> Any:
@@ -304,9 +226,6 @@ def _output(path: Path, dense: list[_KerasLayer], hidden: int) -> tuple[int, str
 def _build(
     name: str, widths: tuple[int, ...], num_outputs: int, image_size: int
 ) -> SeedCNN | VGG16:
-    # Imported here: vgg16 imports this module for its weight reader.
-    from mpoxscan.models.vgg16 import build_vgg16
-
     common = {"num_outputs": num_outputs, "pretrained": False, "weights": None, "dropout": None}
     if name == "vgg16":
         model: SeedCNN | VGG16 = build_vgg16(**common, image_size=image_size, widths=widths)
@@ -366,8 +285,7 @@ def import_keras_model(h5_path: Path | str) -> ImportedModel:
             f"{path} is not a whole Keras model saved as HDF5 (no model_config); save it in "
             "Keras with model.save('model.h5')"
         )
-    with h5py.File(path, "r") as file:
-        config = json.loads(_text(file.attrs["model_config"]))
+    config = read_model_config(path)
     layers = [layer for layer in _leaf_layers(config) if layer.class_name not in _PASSIVE]
     for layer in layers:
         if layer.class_name not in ("Conv2D", "MaxPooling2D", "Flatten", "Dense", "Rescaling"):
@@ -407,3 +325,77 @@ def swap_binary_classes(model: MpoxNet) -> None:
     with torch.no_grad():
         last.weight.neg_()
         last.bias.neg_()
+
+
+def import_keras_bundle(
+    h5_path: Path,
+    out_dir: Path,
+    *,
+    classes: list[str],
+    positive: str,
+    command: str = "",
+) -> Path:
+    """Convert the tutorial's saved Keras model into a bundle that `predict` and `serve` use.
+
+    Keras files do not record class names: ``classes`` gives the model's output order, which
+    for ``flow_from_directory`` is the sorted folder names (``["Monkey Pox", "Others"]`` on
+    MSLD). A one-unit sigmoid model scores ``classes[1]``; mpoxscan's binary convention scores
+    the positive class, so the logit is negated when ``positive`` is ``classes[0]`` (exact:
+    ``sigmoid(-z) = 1 - sigmoid(z)``). A softmax model keeps its order, as a multi-class bundle.
+
+    The bundle has no out-of-domain detector (there is no training data to fit one on) and
+    keeps the decision threshold at 0.5; its metrics are unknown until `mpoxscan evaluate`.
+
+    Args:
+        h5_path: the whole model saved with Keras ``model.save`` (HDF5).
+        out_dir: the bundle directory to write.
+        classes: class names in the Keras output order.
+        positive: the class whose probability is reported.
+        command: the command line, recorded in ``model.json``.
+
+    Returns:
+        The bundle directory.
+    """
+    if positive not in classes:
+        raise BundleError(f"--positive {positive!r} is not one of the classes {classes}")
+    imported = import_keras_model(Path(h5_path))
+    model = imported.model
+    if model.num_outputs == 1:
+        if len(classes) != 2:
+            raise BundleError(f"a one-output Keras model needs two class names, got {classes}")
+        if positive == classes[0]:
+            swap_binary_classes(model)
+        bundle_classes = [c for c in classes if c != positive] + [positive]
+    elif model.num_outputs == len(classes):
+        bundle_classes = list(classes)
+    else:
+        raise BundleError(
+            f"the Keras model has {model.num_outputs} outputs but {len(classes)} class names "
+            f"were given ({classes}); pass --classes in the model's output order"
+        )
+    meta = {
+        "architecture": {
+            "name": model.architecture,
+            "num_outputs": model.num_outputs,
+            "image_size": imported.preprocessing.image_size,
+            "dropout": None,
+        },
+        "classes": bundle_classes,
+        "positive_class": positive,
+        "multiclass": model.num_outputs > 1,
+        "preprocessing": asdict(imported.preprocessing),
+        "temperature": 1.0,
+        "threshold": 0.5,
+        "command": command,
+        "config": {
+            "source": {
+                "format": "keras-h5",
+                "file": Path(h5_path).name,
+                "sha256": file_sha256(Path(h5_path)),
+                "output_activation": imported.output_activation,
+            }
+        },
+        "data_fingerprint": None,
+        "metrics": {},
+    }
+    return save_bundle(out_dir, model, meta)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from mpoxscan.inference.keras_import import import_keras_model, swap_binary_classes
 from mpoxscan.models import WeightsError, create_model
-from mpoxscan.models.keras_import import import_keras_model, swap_binary_classes
 
 from keras_h5_helpers import (
     conv2d,
