@@ -6,27 +6,235 @@ Heavy libraries (torch, onnxruntime, fastapi) are imported inside each command, 
 
 from __future__ import annotations
 
+import errno
+import inspect
 import json
+import os
 import shlex
-from collections.abc import Mapping
-from enum import StrEnum
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+from mpoxscan.errors import MpoxscanError
 
 if TYPE_CHECKING:
     from mpoxscan.inference.batch import BatchSummary, PredictionEngine
 
+
+class ExitCode(IntEnum):
+    """What ``mpoxscan`` exits with; scripts can rely on these."""
+
+    OK = 0
+    FINDING = 1
+    USER_ERROR = 2
+    PARTIAL = 3
+    INTERNAL_ERROR = 70
+    INTERRUPTED = 130
+
+
+#: The exit codes as every command's ``--help`` lists them.
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done; 1 audit found a leak; 2 bad input or options (nothing done, or "
+    "nothing scored); 3 done, but some files could not be read (counted in the summary); "
+    "70 internal error (a bug: rerun with --debug and report it); 130 interrupted."
+)
+
+#: Environment variable that has the same effect as ``--debug``.
+DEBUG_ENV = "MPOXSCAN_DEBUG"
+
+#: ``click.Context.meta`` key under which commands note files they could not read.
+UNREADABLE_META = "mpoxscan.unreadable"
+
+#: How many unreadable files a summary names (the rest are counted).
+SHOWN_FILES = 3
+
+#: Errors a user can fix (bad paths, bad values); anything else is a bug in mpoxscan.
+USER_ERRORS = (MpoxscanError, OSError, ValueError, KeyError, NotImplementedError)
+
+err_console = Console(stderr=True)
+
+
+class MpoxscanCommands(TyperGroup):
+    """The ``mpoxscan`` group: every command runs through one error and warning path.
+
+    A user error (:data:`USER_ERRORS`) prints one or two lines on stderr and exits 2; any
+    other exception is a bug and exits 70; neither prints a traceback unless ``--debug`` (or
+    ``MPOXSCAN_DEBUG=1``) is given. Warnings are collected while the command runs and
+    summarised at the end; files a command could not read (noted with
+    :func:`note_unreadable`, or warned about as "skipping FILE: reason") are counted and
+    make it exit 3. Every command's help ends with the exit codes.
+    """
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """The command, with the exit codes added to its help."""
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not command.epilog:
+            command.epilog = EXIT_CODES_HELP
+        return command
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the chosen command through the one error and warning path."""
+        debug = bool(ctx.params.get("debug")) or _env_flag(DEBUG_ENV)
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                result = super().invoke(ctx)
+            except (TyperException, typer.Exit, typer.Abort):
+                raise  # parsing errors, --help, explicit exits: click reports them
+            except KeyboardInterrupt:
+                err_console.print("interrupted: run the same command again to resume or redo it")
+                raise typer.Exit(ExitCode.INTERRUPTED) from None
+            except Exception as error:
+                _report_warnings(caught, ctx.meta, debug)
+                if debug:
+                    raise
+                raise typer.Exit(_report_error(error)) from None
+        if _report_warnings(caught, ctx.meta, debug):
+            raise typer.Exit(ExitCode.PARTIAL)
+        return result
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def fail(message: str, hint: str | None = None) -> None:
+    """Stop the command with a user error: ``message`` (what went wrong) and ``hint`` (what
+    to do), exit code 2."""
+    raise MpoxscanError(message if hint is None else f"{message}\n{hint}", code="cli")
+
+
+def note_unreadable(files: Iterable[tuple[str, str]]) -> None:
+    """Count ``(file, reason)`` pairs the running command could not read: the summary names
+    the first few and the command exits 3 (or 2 when it scored nothing and says so)."""
+    import click  # typer's click: the running context
+
+    ctx = click.get_current_context()
+    ctx.meta.setdefault(UNREADABLE_META, []).extend(files)
+
+
+def _report_error(error: BaseException) -> ExitCode:
+    """Print a caught exception as one or two lines; return the exit code it means."""
+    if isinstance(error, MpoxscanError):
+        _print_error(error.message)
+        return ExitCode.USER_ERROR
+    if isinstance(error, OSError):
+        _print_error(_os_error_message(error))
+        return ExitCode.USER_ERROR
+    if isinstance(error, USER_ERRORS):
+        text = error.args[0] if isinstance(error, KeyError) and error.args else error
+        _print_error(f"{text}\n(rerun with --debug to see where this came from)")
+        return ExitCode.USER_ERROR
+    _print_error(
+        f"internal error: {type(error).__name__}: {error}\n"
+        "This is a bug in mpoxscan: rerun with --debug for the traceback and report it."
+    )
+    return ExitCode.INTERNAL_ERROR
+
+
+def _os_error_message(error: OSError) -> str:
+    where = error.filename if error.filename is not None else "a file"
+    what = error.strerror or str(error)
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "choose a location you may write to, or change its permissions"
+    elif error.errno == errno.ENOSPC:
+        hint = "free some disk space, or write somewhere else"
+    elif error.errno in (errno.EEXIST, errno.ENOTDIR):
+        hint = "a file stands where a folder is needed: choose another path"
+    elif error.errno == errno.ENOENT:
+        hint = "check the path (its folder must exist)"
+    else:
+        hint = "check the path and try again"
+    return f"{where}: {what}\n{hint}"
+
+
+def _print_error(text: str) -> None:
+    first, _, rest = str(text).partition("\n")
+    err_console.print(f"[bold red]error:[/] {escape(first)}", soft_wrap=True)
+    if rest:
+        err_console.print(escape(rest), soft_wrap=True)
+
+
+def _report_warnings(caught: list[warnings.WarningMessage], meta: dict, debug: bool) -> bool:
+    """Summarise the warnings and unreadable files of a command run; ``True`` when files
+    could not be read."""
+    unreadable = list(meta.get(UNREADABLE_META, []))
+    others: dict[str, int] = {}
+    for item in caught:
+        text = str(item.message)
+        if text.lower().startswith("skipping ") and ": " in text:
+            path, _, reason = text[len("skipping ") :].partition(": ")
+            unreadable.append((path, reason))
+        else:
+            others[text] = others.get(text, 0) + 1
+    for text, count in list(others.items())[: 5 if not debug else None]:
+        times = f" ({count} times)" if count > 1 else ""
+        err_console.print(f"[yellow]warning:[/] {escape(text)}{times}", soft_wrap=True)
+    if len(others) > 5 and not debug:
+        err_console.print(f"[yellow]warning:[/] and {len(others) - 5} more kinds of warning")
+    if unreadable:
+        _summarise_unreadable(unreadable, debug)
+    return bool(unreadable)
+
+
+def _summarise_unreadable(unreadable: list[tuple[str, str]], debug: bool) -> None:
+    shown = unreadable if debug else unreadable[:SHOWN_FILES]
+    noun = "file" if len(unreadable) == 1 else "files"
+    err_console.print(
+        f"[yellow]warning:[/] {len(unreadable)} {noun} could not be read and were left out:",
+        soft_wrap=True,
+    )
+    for path, reason in shown:
+        err_console.print(f"  {escape(str(path))}: {escape(str(reason))}", soft_wrap=True)
+    if len(unreadable) > len(shown):
+        err_console.print(f"  and {len(unreadable) - len(shown)} more (--debug lists all)")
+
+
 app = typer.Typer(
+    cls=MpoxscanCommands,
     help="Screen photos of skin lesions for mpox: train, evaluate, explain and serve models.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
 )
 console = Console()
-err_console = Console(stderr=True)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from mpoxscan._version import __version__
+
+        typer.echo(f"mpoxscan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help=f"Show the full traceback of an error (or set {DEBUG_ENV}=1)."
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_show_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Screen photos of skin lesions for mpox: train, evaluate, explain and serve models."""
+
+
 #: The per-fold columns ``mpoxscan cv`` prints (all measures follow in the summary table).
 CV_FOLD_COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
@@ -61,10 +269,8 @@ def _command_line(ctx: typer.Context) -> str:
 
 
 def _fail(error: Exception) -> None:
-    from rich.markup import escape
-
-    err_console.print(f"[bold red]error:[/] {escape(str(error))}")
-    raise typer.Exit(code=2)
+    """Stop with a user error (kept for commands that still catch their own errors)."""
+    fail(str(error))
 
 
 class RecipeChoice(StrEnum):
@@ -90,43 +296,155 @@ RecipeOpt = Annotated[
         "frozen-features: embed photos once through the frozen backbone, train the head."
     ),
 ]
-HeadOpt = Annotated[
-    HeadChoice | None,
-    typer.Option(help="frozen-features head: logreg (C chosen on validation) or linear."),
-]
-ViewsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--views", help="frozen-features: views per training photo (photo, mirror, augmented)."
+
+
+def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default
+    )
+
+
+#: The options ``train`` and ``cv`` share, declared once (see :func:`training_options`).
+TRAINING_OPTIONS = (
+    _option("model", ModelOpt, "efficientnet-lite0"),
+    _option(
+        "epochs",
+        Annotated[
+            int | None,
+            typer.Option(
+                help="Maximum epochs (per fold in cv); early stopping may end sooner.", min=1
+            ),
+        ],
+        None,
     ),
-]
-TtaOpt = Annotated[
-    bool | None,
-    typer.Option("--tta/--no-tta", help="frozen-features: average photo and mirror at test time."),
-]
-CacheOpt = Annotated[
-    Path | None,
-    typer.Option("--feature-cache", help="frozen-features: folder to keep embeddings in."),
-]
-TailOpt = Annotated[
-    int | None,
-    typer.Option(
-        help="frozen-features: also fine-tune the last N backbone blocks on cached inputs."
+    _option(
+        "seed",
+        Annotated[int, typer.Option(help="Seed for the split, initialisation and augmentation.")],
+        0,
     ),
-]
-TrainableOpt = Annotated[
-    str | None,
-    typer.Option(help="finetune: first backbone parameter prefix to train (partial fine-tuning)."),
-]
-PatienceOpt = Annotated[
-    int | None, typer.Option(help="Early-stopping patience in epochs (default: the recipe's).")
-]
-TrainConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--train-config", help="JSON file of TrainConfig fields (flags given here override it)."
+    _option(
+        "weights",
+        Annotated[
+            Path | None,
+            typer.Option(help="ImageNet weights file for vgg16 (.h5 Keras notop or .pth)."),
+        ],
+        None,
     ),
-]
+    _option("positive", PositiveOpt, None),
+    _option(
+        "multiclass",
+        Annotated[bool, typer.Option(help="One output per class instead of positive vs rest.")],
+        False,
+    ),
+    _option("patient_pattern", PatientOpt, None),
+    _option(
+        "image_size",
+        Annotated[int | None, typer.Option(help="Input size (default: the model's).", min=16)],
+        None,
+    ),
+    _option(
+        "target_sensitivity",
+        Annotated[
+            float,
+            typer.Option(
+                help="Sensitivity the decision threshold aims for on validation data.",
+                min=0.0,
+                max=1.0,
+            ),
+        ],
+        0.95,
+    ),
+    _option("recipe", RecipeOpt, RecipeChoice.auto),
+    _option(
+        "head",
+        Annotated[
+            HeadChoice | None,
+            typer.Option(help="frozen-features head: logreg (C chosen on validation) or linear."),
+        ],
+        None,
+    ),
+    _option(
+        "views",
+        Annotated[
+            int | None,
+            typer.Option(
+                help="frozen-features: views per training photo (photo, mirror, augmented).",
+                min=1,
+            ),
+        ],
+        None,
+    ),
+    _option(
+        "tta",
+        Annotated[
+            bool | None,
+            typer.Option(
+                "--tta/--no-tta", help="frozen-features: average photo and mirror at test time."
+            ),
+        ],
+        None,
+    ),
+    _option(
+        "feature_cache",
+        Annotated[
+            Path | None,
+            typer.Option("--feature-cache", help="frozen-features: folder to keep embeddings in."),
+        ],
+        None,
+    ),
+    _option(
+        "tail_blocks",
+        Annotated[
+            int | None,
+            typer.Option(
+                help="frozen-features: also fine-tune the last N backbone blocks on cached inputs.",
+                min=0,
+            ),
+        ],
+        None,
+    ),
+    _option(
+        "trainable_from",
+        Annotated[
+            str | None,
+            typer.Option(
+                help="finetune: first backbone parameter prefix to train (partial fine-tuning)."
+            ),
+        ],
+        None,
+    ),
+    _option(
+        "patience",
+        Annotated[
+            int | None,
+            typer.Option(help="Early-stopping patience in epochs (default: the recipe's).", min=1),
+        ],
+        None,
+    ),
+    _option(
+        "train_config",
+        Annotated[
+            Path | None,
+            typer.Option(
+                "--train-config",
+                help="JSON file of TrainConfig fields (flags given here override it).",
+            ),
+        ],
+        None,
+    ),
+)
+
+
+def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the shared training options (:data:`TRAINING_OPTIONS`) after its own.
+
+    The command takes them as ``**options`` (they reach it by name, as typer passes every
+    option); declaring them once keeps ``train`` and ``cv`` from drifting apart.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    command.__signature__ = signature.replace(parameters=[*own, *TRAINING_OPTIONS])
+    return command
 
 
 def _configs(options: Mapping[str, Any]):
@@ -172,54 +490,31 @@ def _feature_options(options: Mapping[str, Any]) -> dict:
 
 
 @app.command()
+@training_options
 def train(
     ctx: typer.Context,
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
-    model: ModelOpt = "efficientnet-lite0",
-    epochs: Annotated[
-        int | None, typer.Option(help="Maximum epochs (early stopping may end sooner).", min=1)
-    ] = None,
-    seed: Annotated[
-        int, typer.Option(help="Seed for the split, initialisation and augmentation.")
-    ] = 0,
-    weights: Annotated[
-        Path | None, typer.Option(help="ImageNet weights file for vgg16 (.h5 Keras notop or .pth).")
-    ] = None,
-    positive: PositiveOpt = None,
-    multiclass: Annotated[
-        bool, typer.Option(help="One output per class instead of positive vs rest.")
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the bundle already at --out (else refuse).")
     ] = False,
-    patient_pattern: PatientOpt = None,
-    image_size: Annotated[
-        int | None, typer.Option(help="Input size (default: the model's).")
-    ] = None,
-    target_sensitivity: Annotated[
-        float, typer.Option(help="Sensitivity the decision threshold aims for on validation data.")
-    ] = 0.95,
-    recipe: RecipeOpt = RecipeChoice.auto,
-    head: HeadOpt = None,
-    views: ViewsOpt = None,
-    tta: TtaOpt = None,
-    feature_cache: CacheOpt = None,
-    tail_blocks: TailOpt = None,
-    trainable_from: TrainableOpt = None,
-    patience: PatienceOpt = None,
-    train_config: TrainConfigOpt = None,
+    **options: Any,
 ) -> None:
     """Train a model on a patient-grouped split and save it as a bundle."""
-    from mpoxscan.errors import MpoxscanError
     from mpoxscan.evaluation.tables import metrics_table
     from mpoxscan.training.train import train_bundle
 
-    try:
-        configs = _configs(ctx.params)  # the options above, by name
-        result = train_bundle(*configs, out, command=_command_line(ctx))
-    except (MpoxscanError, KeyError, FileNotFoundError, ValueError) as error:
-        _fail(error)
+    if not overwrite and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        fail(
+            f"{out} already exists and is not empty, so train would overwrite it.",
+            "Pass --overwrite to replace it, or choose another --out.",
+        )
+    configs = _configs(ctx.params)  # the options above, by name
+    result = train_bundle(*configs, out, command=_command_line(ctx))
     console.print(
         metrics_table(
-            result.test_metrics, title=f"Test split ({model}, best epoch {result.best_epoch})"
+            result.test_metrics,
+            title=f"Test split ({options['model']}, best epoch {result.best_epoch})",
         )
     )
     console.print(f"Bundle written to [bold]{result.bundle_dir}[/]")
@@ -237,14 +532,10 @@ def evaluate(
     ] = None,
 ) -> None:
     """Measure a bundle on a dataset's test split (or on all of it when it has no split)."""
-    from mpoxscan.errors import MpoxscanError
     from mpoxscan.evaluation.evaluate import evaluate_bundle
     from mpoxscan.evaluation.tables import metrics_table
 
-    try:
-        report = evaluate_bundle(model_dir, data, plots_dir=plots_dir or model_dir / "evaluation")
-    except MpoxscanError as error:
-        _fail(error)
+    report = evaluate_bundle(model_dir, data, plots_dir=plots_dir or model_dir / "evaluation")
     console.print(metrics_table(report.metrics, title=f"Evaluation on {report.description}"))
     for plot in report.plots:
         console.print(f"wrote {plot}")
@@ -288,26 +579,22 @@ def predict(
     ] = None,
 ) -> None:
     """Predict image files or folders; unreadable files get an error entry."""
-    from mpoxscan.errors import MpoxscanError
-    from mpoxscan.inference.batch import BatchConfig, iter_image_files
+    from mpoxscan.inference.batch import BatchConfig, iter_image_files, output_format
     from mpoxscan.inference.engines import open_engine
 
-    try:
-        predictor_engine = open_engine(
-            model_dir,
-            engine=engine.value,
-            config=BatchConfig(batch_size=batch_size),
-            ray_address=ray_address,
-        )
-        if out is not None:
-            summary = _predict_with_progress(predictor_engine, paths, out)
-        else:
-            rows = [row for batch in predictor_engine(iter_image_files(paths)) for row in batch]
-    except (MpoxscanError, ValueError) as error:
-        _fail(error)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: run the same command again to resume")
-        raise typer.Exit(code=130) from None
+    if out is not None:  # a bad --out fails before the model loads
+        output_format(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    predictor_engine = open_engine(
+        model_dir,
+        engine=engine.value,
+        config=BatchConfig(batch_size=batch_size),
+        ray_address=ray_address,
+    )
+    if out is not None:
+        summary = _predict_with_progress(predictor_engine, paths, out)
+    else:
+        rows = [row for batch in predictor_engine(iter_image_files(paths)) for row in batch]
     if out is not None:
         console.print(
             f"wrote {summary.out}: {summary.predicted} predicted, {summary.failed} unreadable, "
@@ -377,15 +664,11 @@ def explain(
     """Write a Grad-CAM heat map over each photo (what the model looked at), with its result."""
     from rich.table import Table
 
-    from mpoxscan.errors import MpoxscanError
     from mpoxscan.inference.batch import iter_image_files
     from mpoxscan.inference.heatmaps import write_heatmaps
     from mpoxscan.inference.predictor import Predictor
 
-    try:
-        predictor = Predictor.load(model_dir)
-    except MpoxscanError as error:
-        _fail(error)
+    predictor = Predictor.load(model_dir)
     table = Table("mpox", "band")
     table.add_column("photo", overflow="fold", ratio=1)
     table.add_column("heat map or reason", overflow="fold", ratio=1)
@@ -410,13 +693,9 @@ def samples(
     seed: int = 0,
 ) -> None:
     """Write the tutorial's 4x3 grid of sample photos with their class names."""
-    from mpoxscan.errors import MpoxscanError
     from mpoxscan.evaluation.sample_grid import write_samples_grid
 
-    try:
-        path = write_samples_grid(data, out, seed=seed)
-    except MpoxscanError as error:
-        _fail(error)
+    path = write_samples_grid(data, out, seed=seed)
     console.print(f"wrote {path}")
 
 
@@ -449,21 +728,17 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the screening web page and the JSON API."""
-    from mpoxscan.errors import MpoxscanError
     from mpoxscan.web.app import serve as serve_app
 
-    try:
-        serve_app(
-            model_dir,
-            host=host,
-            port=port,
-            workers=workers,
-            micro_batch_max_size=micro_batch_max_size,
-            micro_batch_max_wait_ms=micro_batch_max_wait_ms,
-            max_concurrent_predictions=max_concurrent_predictions,
-        )
-    except MpoxscanError as error:
-        _fail(error)
+    serve_app(
+        model_dir,
+        host=host,
+        port=port,
+        workers=workers,
+        micro_batch_max_size=micro_batch_max_size,
+        micro_batch_max_wait_ms=micro_batch_max_wait_ms,
+        max_concurrent_predictions=max_concurrent_predictions,
+    )
 
 
 @app.command("import-keras")
@@ -477,37 +752,35 @@ def import_keras(
     positive: Annotated[str, typer.Option(help="The positive class.")] = "Monkey Pox",
 ) -> None:
     """Turn the tutorial's trained Keras VGG16 model into an mpoxscan bundle."""
-    from mpoxscan.errors import MpoxscanError
     from mpoxscan.inference.keras_import import import_keras_bundle
 
-    try:
-        bundle = import_keras_bundle(
-            h5_file,
-            out,
-            classes=[c.strip() for c in classes.split(",")],
-            positive=positive,
-            command=_command_line(ctx),
-        )
-    except (MpoxscanError, OSError, KeyError) as error:
-        _fail(error)
+    bundle = import_keras_bundle(
+        h5_file,
+        out,
+        classes=[c.strip() for c in classes.split(",")],
+        positive=positive,
+        command=_command_line(ctx),
+    )
     console.print(f"Bundle written to [bold]{bundle}[/]")
+
+
+class ExportFormat(StrEnum):
+    """What ``mpoxscan export`` writes."""
+
+    onnx = "onnx"
 
 
 @app.command()
 def export(
     model_dir: BundleOpt,
-    fmt: Annotated[str, typer.Option("--format", help="Export format.")] = "onnx",
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="Export format.")] = (
+        ExportFormat.onnx
+    ),
 ) -> None:
     """Export a bundle's model to ONNX (with a parity check against PyTorch)."""
-    from mpoxscan.errors import MpoxscanError
     from mpoxscan.inference.onnx_export import export_onnx
 
-    if fmt != "onnx":
-        _fail(ValueError(f"unknown format {fmt!r}; only 'onnx' is supported"))
-    try:
-        report = export_onnx(model_dir)
-    except MpoxscanError as error:
-        _fail(error)
+    report = export_onnx(model_dir)
     console.print(
         f"wrote {report.path}; max |p_onnx - p_torch| = {report.max_abs_diff:.2e} "
         f"over {report.n_samples} samples",
@@ -516,45 +789,23 @@ def export(
 
 
 @app.command()
+@training_options
 def cv(
     ctx: typer.Context,
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for the fold results.")] = Path(
         "runs/cv"
     ),
-    model: ModelOpt = "efficientnet-lite0",
     folds: Annotated[int, typer.Option(help="Number of patient-grouped folds.", min=2)] = 5,
     repeats: Annotated[int, typer.Option(help="Repeats with reshuffled folds.", min=1)] = 1,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per fold.", min=1)] = None,
-    seed: int = 0,
-    weights: Annotated[Path | None, typer.Option(help="ImageNet weights file for vgg16.")] = None,
-    positive: PositiveOpt = None,
-    multiclass: bool = False,
-    patient_pattern: PatientOpt = None,
-    image_size: Annotated[
-        int | None, typer.Option(help="Input size (default: the model's).")
-    ] = None,
-    target_sensitivity: float = 0.95,
-    recipe: RecipeOpt = RecipeChoice.auto,
-    head: HeadOpt = None,
-    views: ViewsOpt = None,
-    tta: TtaOpt = None,
-    feature_cache: CacheOpt = None,
-    tail_blocks: TailOpt = None,
-    trainable_from: TrainableOpt = None,
-    patience: PatienceOpt = None,
-    train_config: TrainConfigOpt = None,
+    **options: Any,
 ) -> None:
     """Cross-validate a recipe with patient-grouped, stratified folds."""
-    from mpoxscan.errors import MpoxscanError
     from mpoxscan.evaluation.tables import cv_summary_table, folds_table
     from mpoxscan.training.cv import run_cv
 
-    try:
-        configs = _configs(ctx.params)  # the options above, by name
-        summary = run_cv(*configs, out, folds=folds, repeats=repeats, command=_command_line(ctx))
-    except (MpoxscanError, KeyError, FileNotFoundError, ValueError) as error:
-        _fail(error)
+    configs = _configs(ctx.params)  # the options above, by name
+    summary = run_cv(*configs, out, folds=folds, repeats=repeats, command=_command_line(ctx))
     per_fold = {key: summary["mean_std"][key] for key in CV_FOLD_COLUMNS}
     console.print(folds_table(summary["folds"], per_fold, with_mean=False))
     console.print(cv_summary_table(summary["mean_std"], summary["pooled"], len(summary["folds"])))
@@ -567,13 +818,9 @@ def attach_cv(
     cv_dir: Annotated[Path, typer.Option("--cv-dir", help="The --out folder of mpoxscan cv.")],
 ) -> None:
     """Record a cross-validation of the bundle's own recipe and data in its model card."""
-    from mpoxscan.errors import MpoxscanError
     from mpoxscan.evaluation.cv_card import attach_cv as attach
 
-    try:
-        meta = attach(model_dir, cv_dir)
-    except MpoxscanError as error:
-        _fail(error)
+    meta = attach(model_dir, cv_dir)
     cv = meta["metrics"]["cv"]
     console.print(
         f"{model_dir}: cross-validated over {cv['n_folds']} folds x {cv['repeats']} repeats, "
@@ -601,13 +848,9 @@ def audit(
 ) -> None:
     """Audit a dataset: unreadable files, duplicates, leaks across splits; exits 1 on a leak."""
     from mpoxscan.data.audit import audit_dataset
-    from mpoxscan.errors import MpoxscanError
     from mpoxscan.evaluation.tables import audit_table
 
-    try:
-        report = audit_dataset(data, against=against, near_threshold=near_threshold)
-    except MpoxscanError as error:
-        _fail(error)
+    report = audit_dataset(data, against=against, near_threshold=near_threshold)
     payload = report.to_dict()
     if json_out == Path("-"):
         console.print_json(json.dumps(payload))

@@ -1,0 +1,106 @@
+"""The one error path of the command line: messages instead of tracebacks, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from mpoxscan import cli
+from mpoxscan.cli import ExitCode, app
+
+runner = CliRunner()
+
+
+def run(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def test_version_prints_the_package_version():
+    from mpoxscan import __version__
+
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"mpoxscan {__version__}"
+
+
+def test_a_user_error_is_one_or_two_lines_and_exit_2(tmp_path):
+    result = run("predict", "--model-dir", tmp_path / "nope", tmp_path)
+    assert result.exit_code == ExitCode.USER_ERROR
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("error: No model bundle at")
+    assert len(lines) <= 2 and "Traceback" not in result.output
+
+
+def test_a_real_process_prints_no_traceback_for_a_user_error(tmp_path):
+    command = [sys.executable, "-m", "mpoxscan.cli", "export", "--model-dir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == ExitCode.USER_ERROR
+    assert "Traceback" not in done.stderr and done.stderr.startswith("error: ")
+
+
+def raise_bug(*args, **kwargs):
+    raise TypeError("an unexpected bug")
+
+
+def test_an_internal_error_says_it_is_a_bug_and_exits_70(monkeypatch, tmp_path):
+    monkeypatch.setattr("mpoxscan.inference.onnx_export.export_onnx", raise_bug)
+    result = run("export", "--model-dir", tmp_path)
+    assert result.exit_code == ExitCode.INTERNAL_ERROR
+    assert "internal error: TypeError: an unexpected bug" in result.output
+    assert "--debug" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("debug", [("--debug",), ()])
+def test_debug_lets_the_exception_through(monkeypatch, tmp_path, debug):
+    monkeypatch.setattr("mpoxscan.inference.onnx_export.export_onnx", raise_bug)
+    env = {} if debug else {cli.DEBUG_ENV: "1"}
+    result = run(*debug, "export", "--model-dir", tmp_path, env=env)
+    assert isinstance(result.exception, TypeError)  # the traceback is printed by typer
+
+
+def test_an_unwritable_out_file_is_a_message_not_a_traceback(tiny_bundle, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    photo = tmp_path / "photo.jpg"
+    from testdata import make_lesion_photo
+
+    make_lesion_photo(positive=True, seed=1).save(photo)
+    result = run("predict", "--model-dir", tiny_bundle, photo, "--out", blocker / "rows.csv")
+    assert result.exit_code == ExitCode.USER_ERROR
+    assert result.output.startswith(f"error: {blocker}")
+    assert "Traceback" not in result.output and len(result.output.splitlines()) == 2
+
+
+def test_train_refuses_to_overwrite_a_bundle_without_overwrite(tiny_bundle, tiny_dataset):
+    before = sorted(p.name for p in tiny_bundle.iterdir())
+    result = run("train", "--data", tiny_dataset, "--out", tiny_bundle)
+    assert result.exit_code == ExitCode.USER_ERROR
+    assert "--overwrite" in result.output
+    assert sorted(p.name for p in tiny_bundle.iterdir()) == before
+
+
+@pytest.mark.parametrize("command", ["", "train", "cv", "predict", "serve", "audit", "export"])
+def test_help_fits_80_columns_and_lists_the_exit_codes(command):
+    result = run(*([command] if command else []), "--help", env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert "…" not in result.output
+    assert "Exit codes: 0 done" in result.output and "3 done, but some files" in result.output
+
+
+def test_train_and_cv_share_one_declaration_of_their_options():
+    import typer.main
+
+    command = typer.main.get_command(app)
+    ctx = command.make_context("mpoxscan", ["train", "--help"], resilient_parsing=True)
+
+    def options(name):
+        return {p.name: p.help for p in command.get_command(ctx, name).params if p.name != "help"}
+
+    train, cv = options("train"), options("cv")
+    shared = (set(train) & set(cv)) - {"out"}  # --out means a bundle or a results folder
+    assert len(shared) >= 18
+    assert all(train[name] and train[name] == cv[name] for name in shared)
