@@ -53,9 +53,10 @@ from mpoxscan.data.loading import ImageDataset
 from mpoxscan.data.splits import Fold, grouped_folds
 from mpoxscan.data.transforms import AugmentConfig, build_augmentation, normalize_batch
 from mpoxscan.evaluation.metrics import binary_metrics, summarize_folds
+from mpoxscan.hashing import file_sha256
 from mpoxscan.models import create_model
 from mpoxscan.training.config import DataConfig, FeatureConfig
-from mpoxscan.training.frozen_features import file_sha256, render_view, view_seed
+from mpoxscan.training.frozen_features import render_view, view_seed
 from mpoxscan.training.train import load_index
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "msld-v1"

@@ -11,18 +11,22 @@ import numpy as np
 import pytest
 import torch
 from inference_support import SEED_SIZE, build_bundle, bundle_meta, make_model
+from PIL import Image
 
 from mpoxscan import __version__
 from mpoxscan.errors import BundleError
+from mpoxscan.hashing import file_sha256
+from mpoxscan.inference import bundle as bundle_module
 from mpoxscan.inference.bundle import (
     FORMAT_VERSION,
+    BundleMeta,
     load_ood_detector,
     load_torch_model,
     read_bundle_meta,
     save_bundle,
-    sha256_file,
     update_bundle_files,
 )
+from mpoxscan.inference.predictor import Predictor
 from mpoxscan.inference.quality import OodDetector
 
 
@@ -51,7 +55,7 @@ def test_round_trip_rebuilds_the_same_network(saved):
     assert meta["mpoxscan_version"] == __version__
     assert meta["architecture"]["name"] == "seed-cnn"
     assert meta["classes"] == ["Others", "Monkey Pox"]
-    assert meta["files"] == {"model.safetensors": sha256_file(bundle / "model.safetensors")}
+    assert meta["files"] == {"model.safetensors": file_sha256(bundle / "model.safetensors")}
     assert meta["created"]
 
 
@@ -135,7 +139,7 @@ def test_a_pickle_next_to_the_weights_is_never_loaded(bundle, monkeypatch):
 def test_a_bundle_listing_a_pickle_file_is_refused(bundle):
     torch.save(make_model().state_dict(), bundle / "model.pt")
     meta = json.loads((bundle / "model.json").read_text())
-    meta["files"]["model.pt"] = sha256_file(bundle / "model.pt")
+    meta["files"]["model.pt"] = file_sha256(bundle / "model.pt")
     (bundle / "model.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="pickle"):
         read_bundle_meta(bundle)
@@ -171,7 +175,7 @@ def test_update_adds_a_file_and_its_hash(bundle, tmp_path):
     plot = tmp_path / "curves.png"
     plot.write_bytes(b"not really a png")
     meta = update_bundle_files(bundle, {"notes": "added a plot"}, [plot])
-    assert meta["files"]["curves.png"] == sha256_file(bundle / "curves.png")
+    assert meta["files"]["curves.png"] == file_sha256(bundle / "curves.png")
     assert read_bundle_meta(bundle)["notes"] == "added a plot"
     (bundle / "curves.png").write_bytes(b"changed")
     with pytest.raises(BundleError, match=r"curves\.png has changed"):
@@ -228,3 +232,50 @@ def test_the_ood_detector_round_trips(tmp_path):
 
 def test_a_bundle_without_ood_has_no_detector(saved):
     assert load_ood_detector(saved[0], read_bundle_meta(saved[0])) is None
+
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
+
+
+@pytest.fixture
+def default_bundle() -> Path:
+    if not (DEFAULT_BUNDLE / "model.json").is_file():
+        pytest.skip("models/default is absent")
+    return DEFAULT_BUNDLE
+
+
+def test_the_default_bundle_reads_as_a_typed_record_and_its_json_stays_as_it_was(default_bundle):
+    meta = read_bundle_meta(default_bundle)
+    assert isinstance(meta, BundleMeta)
+    assert meta.architecture.name == "efficientnet-lite0" and meta.binary
+    assert meta.classes == ("Others", "Monkey Pox") and meta.positive_class == "Monkey Pox"
+    assert meta.preprocessing.image_size == 224 and meta.preprocessing.mean == (127.0,) * 3
+    assert 0 < meta.threshold < 1 and meta.temperature > 0
+    assert meta.ood is not None and "ood.safetensors" in meta.files
+    on_disk = json.loads((default_bundle / "model.json").read_text())
+    assert meta.to_json() == on_disk and meta == on_disk
+    assert meta["cross_validation"] == on_disk["cross_validation"]  # keys it does not type
+
+
+def test_loading_a_bundle_hashes_each_file_once(default_bundle, monkeypatch):
+    hashed: list[str] = []
+    real = bundle_module.file_sha256
+    monkeypatch.setattr(
+        bundle_module, "file_sha256", lambda path: hashed.append(Path(path).name) or real(path)
+    )
+    predictor = Predictor.load(default_bundle, backend="onnx")
+    photo = Image.new("RGB", (64, 64), (180, 120, 110))
+    predictor.explain(photo)  # loads the torch model (lazily) beside the ONNX graph
+    assert sorted(hashed) == sorted(predictor.meta_.files)
+
+    hashed.clear()
+    Predictor.load(default_bundle, backend="torch")
+    assert sorted(hashed) == sorted(predictor.meta_.files)
+
+
+def test_an_invalid_record_is_refused_before_anything_loads(bundle):
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["preprocessing"]["mean"] = "grey"
+    (bundle / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"model\.json is invalid"):
+        read_bundle_meta(bundle)

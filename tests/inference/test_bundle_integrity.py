@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from mpoxscan.errors import BundleError
-from mpoxscan.inference.bundle import read_bundle_meta, save_bundle, sha256_file
+from mpoxscan.hashing import file_sha256
+from mpoxscan.inference.bundle import read_bundle_meta, save_bundle
 from mpoxscan.inference.onnx_export import export_onnx
 from mpoxscan.inference.predictor import Predictor
 from mpoxscan.models.registry import create_model
@@ -55,7 +56,7 @@ def test_a_bundle_is_safetensors_onnx_and_json_with_every_hash(pristine):
     meta = json.loads((pristine / "model.json").read_text())
     assert set(meta["files"]) == {"model.safetensors", "model.onnx"}
     for name, digest in meta["files"].items():
-        assert digest == sha256_file(pristine / name)
+        assert digest == file_sha256(pristine / name)
     # safetensors starts with the length of its JSON header, a pickle with its protocol opcode.
     header_length = int.from_bytes((pristine / "model.safetensors").read_bytes()[:8], "little")
     assert (pristine / "model.safetensors").read_bytes()[8 : 8 + header_length].startswith(b"{")
@@ -175,7 +176,7 @@ def test_onnx_with_external_data_is_refused(bundle):
     )
     # Rehash as an attacker who controls the bundle folder could; the graph is still refused.
     edit_meta(
-        bundle, lambda m: m["files"].update({"model.onnx": sha256_file(bundle / "model.onnx")})
+        bundle, lambda m: m["files"].update({"model.onnx": file_sha256(bundle / "model.onnx")})
     )
     with pytest.raises(BundleError, match="external data"):
         Predictor.load(bundle, backend="onnx")

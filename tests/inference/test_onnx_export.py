@@ -12,7 +12,8 @@ import torch
 from inference_support import LITE_SIZE, SEED_SIZE, build_bundle, lesion_photos
 
 from mpoxscan.errors import BundleError
-from mpoxscan.inference.bundle import load_torch_model, read_bundle_meta, sha256_file
+from mpoxscan.hashing import file_sha256
+from mpoxscan.inference.bundle import load_torch_model, read_bundle_meta
 from mpoxscan.inference.onnx_export import PARITY_TOLERANCE, export_onnx
 from mpoxscan.inference.onnx_runtime import OnnxModel, default_threads
 from mpoxscan.inference.predictor import Predictor
@@ -73,7 +74,7 @@ def test_graph_applies_preprocessing_and_temperature(exported):
 def test_export_records_the_graph_hash(exported):
     bundle, _, _ = exported
     meta = read_bundle_meta(bundle)
-    assert meta["files"]["model.onnx"] == sha256_file(bundle / "model.onnx")
+    assert meta["files"]["model.onnx"] == file_sha256(bundle / "model.onnx")
     assert meta["onnx"]["opset"] == 17
     assert Predictor.load(bundle).backend_ == "onnx"
 

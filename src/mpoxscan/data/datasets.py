@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from mpoxscan.data.images import IMAGE_SUFFIXES
 from mpoxscan.errors import DatasetError
+from mpoxscan.hashing import file_sha256
 
 #: Folder names of a pre-split layout (compared in lower case) and the split each stands for.
 SPLIT_FOLDERS: dict[str, str] = {
@@ -227,15 +228,6 @@ def fingerprint_records(records: list[ImageRecord]) -> str:
     digest = hashlib.sha256()
     for rel, label, file_hash in rows:
         digest.update(f"{rel}\t{label}\t{file_hash}\n".encode())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from mpoxscan.errors import MpoxscanError
 from mpoxscan.evaluation.metrics import SUMMARY_METRICS
-from mpoxscan.inference.bundle import read_bundle_meta, sha256_file, update_bundle_files
+from mpoxscan.hashing import file_sha256
+from mpoxscan.inference.bundle import BundleMeta, read_bundle_meta, update_bundle_files
 
 #: Settings that may differ between the cross-validation and the bundle: the seed (each fold
 #: has its own anyway), where embeddings are cached, and how the single split was cut.
@@ -37,11 +38,11 @@ class CrossValidationMismatch(MpoxscanError, ValueError):
     """The cross-validation is not of this bundle's recipe or data."""
 
 
-def recipe_mismatches(meta: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str]:
+def recipe_mismatches(meta: BundleMeta, summary: Mapping[str, Any]) -> list[str]:
     """What differs between a bundle and a cross-validation, as readable lines.
 
     Args:
-        meta: the bundle's ``model.json``.
+        meta: the bundle's metadata.
         summary: the cross-validation's ``summary.json``.
 
     Returns:
@@ -50,19 +51,18 @@ def recipe_mismatches(meta: Mapping[str, Any], summary: Mapping[str, Any]) -> li
     problems = [
         f"{key}: bundle {flat_meta!r}, cross-validation {flat_summary!r}"
         for key, flat_meta, flat_summary in _differences(
-            _flatten(meta.get("config") or {}), _flatten(summary.get("config") or {})
+            _flatten(meta.config), _flatten(summary.get("config") or {})
         )
         if key not in IGNORED_SETTINGS
     ]
-    for key in ("classes", "positive_class"):
-        if meta.get(key) != summary.get(key):
-            problems.append(
-                f"{key}: bundle {meta.get(key)!r}, cross-validation {summary.get(key)!r}"
-            )
+    ours = {"classes": list(meta.classes), "positive_class": meta.positive_class}
+    for key, value in ours.items():
+        if value != summary.get(key):
+            problems.append(f"{key}: bundle {value!r}, cross-validation {summary.get(key)!r}")
     fingerprint = (summary.get("data") or {}).get("fingerprint")
     if fingerprint is None:
         problems.append("the cross-validation has no data fingerprint: run mpoxscan cv again")
-    elif fingerprint != meta.get("data_fingerprint"):
+    elif fingerprint != meta.data_fingerprint:
         problems.append("the photos differ (the data fingerprints do not match)")
     return problems
 
@@ -107,7 +107,7 @@ def card_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
     return card
 
 
-def attach_cv(bundle_dir: str | Path, cv_dir: str | Path) -> dict[str, Any]:
+def attach_cv(bundle_dir: str | Path, cv_dir: str | Path) -> BundleMeta:
     """Write a cross-validation of the bundle's recipe into its ``model.json``.
 
     Args:
@@ -140,15 +140,16 @@ def attach_cv(bundle_dir: str | Path, cv_dir: str | Path) -> dict[str, Any]:
         "folds": config.get("folds"),
         "repeats": config.get("repeats"),
         "seed": (config.get("train") or {}).get("seed"),
-        "summary_sha256": sha256_file(summary_path),
+        "summary_sha256": file_sha256(summary_path),
     }
-    others = {key: value for key, value in (meta.get("metrics") or {}).items() if key != "cv"}
+    others = {key: value for key, value in meta.metrics.items() if key != "cv"}
     return update_bundle_files(
         bundle_dir,
         meta_updates={
             "metrics": {"cv": card_metrics(summary)} | others,
             "cross_validation": provenance,
         },
+        meta=meta,
     )
 
 

@@ -16,6 +16,7 @@ from mpoxscan.data.splits import split_dataset
 from mpoxscan.errors import InvalidImageError
 from mpoxscan.evaluation.metrics import binary_metrics, multiclass_metrics, to_jsonable
 from mpoxscan.evaluation.plots import plot_confusion_matrix, plot_roc
+from mpoxscan.inference.bundle import BundleMeta
 from mpoxscan.inference.predictor import Predictor
 
 BATCH_SIZE = 16
@@ -42,7 +43,7 @@ class EvaluationReport:
         )
 
 
-def evaluation_records(index: DatasetIndex, meta: dict[str, Any]) -> tuple[list[ImageRecord], str]:
+def evaluation_records(index: DatasetIndex, meta: BundleMeta) -> tuple[list[ImageRecord], str]:
     """The photos to evaluate on, and a description of which part that is.
 
     A pre-split dataset gives its Test folder. An unsplit dataset that is the bundle's own
@@ -51,9 +52,9 @@ def evaluation_records(index: DatasetIndex, meta: dict[str, Any]) -> tuple[list[
     """
     if index.layout == "presplit":
         return [r for r in index.records if r.split == "test"], "the Test folder"
-    if fingerprint_records(index.records) == meta.get("data_fingerprint"):
-        data_cfg = meta.get("config", {}).get("data", {})
-        train_cfg = meta.get("config", {}).get("train", {})
+    if fingerprint_records(index.records) == meta.data_fingerprint:
+        data_cfg = meta.config.get("data", {})
+        train_cfg = meta.config.get("train", {})
         split = split_dataset(
             merge_duplicates(index),
             val_fraction=data_cfg.get("val_fraction", 0.1),
@@ -99,18 +100,18 @@ def evaluate_bundle(
     """
     predictor = Predictor.load(bundle_dir)
     meta = predictor.meta_
-    data_cfg = meta.get("config", {}).get("data", {})
+    data_cfg = meta.config.get("data", {})
     index = scan_dataset(
         data_dir,
         positive=predictor.positive_class_,
-        multiclass=bool(meta.get("multiclass")),
+        multiclass=meta.multiclass,
         patient_pattern=data_cfg.get("patient_pattern"),
     )
     records, description = evaluation_records(index, meta)
     proba, kept, skipped = _predict_records(predictor, records)
     labels = np.array([_label_in_bundle(r, index, predictor) for r in kept], dtype=int)
     groups = [r.patient for r in kept]
-    if meta.get("multiclass"):
+    if meta.multiclass:
         metrics = multiclass_metrics(labels, proba, predictor.classes_, groups=groups)
         predicted = proba.argmax(axis=1)
     else:
@@ -135,6 +136,6 @@ def _write_plots(plots_dir, labels, predicted, proba, predictor, meta) -> list[P
     matrix = np.zeros((n, n), dtype=int)
     np.add.at(matrix, (labels, predicted), 1)
     paths = [plot_confusion_matrix(matrix, predictor.classes_, plots_dir / "confusion_matrix.png")]
-    if not meta.get("multiclass"):
+    if not meta.multiclass:
         paths.append(plot_roc(labels, proba[:, 1], plots_dir / "roc.png"))
     return [Path(p) for p in paths]

@@ -5,24 +5,29 @@ a bundle from someone else cannot run their code. ``model.json["files"]`` record
 of every file the bundle relies on, and :func:`read_bundle_meta` checks each one on every load,
 so a truncated download or an edited weight file is refused instead of silently mispredicting.
 An ONNX graph must be self-contained (no external data files, which no hash would cover).
+
+:class:`BundleMeta` is ``model.json`` read and validated once (hashes included); the predictor,
+the ONNX export, evaluation, the model card and the web service take it instead of reading the
+file again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.errors import BundleError
+from mpoxscan.hashing import file_sha256
 
 if TYPE_CHECKING:
     from torch import nn
@@ -41,16 +46,132 @@ REQUIRED_META_KEYS = ("architecture", "classes", "preprocessing")
 #: Suffixes of formats that can run code when loaded; a bundle listing one is refused.
 PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib"})
 
-_HASH_CHUNK = 1 << 20
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """The network a bundle's weights fit: ``create_model(name, num_outputs=..., ...)``."""
+
+    name: str
+    num_outputs: int
+    image_size: int
+    dropout: float | None = None
 
 
-def sha256_file(path: Path) -> str:
-    """Return the hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+@dataclass(frozen=True, eq=False)
+class BundleMeta(Mapping[str, Any]):
+    """A bundle's ``model.json``, validated: typed fields for what mpoxscan reads from it.
+
+    Build it with :func:`read_bundle_meta` (which also checks every file's hash) or
+    :meth:`from_json`; never edit it: :func:`update_bundle_files` writes a new one. Keys that
+    mpoxscan does not interpret (``data``, ``training``, ``onnx``, ``cross_validation``, notes
+    added with ``update_bundle_files``) are kept as read, and ``meta["key"]`` reads any key of
+    the JSON object, so the on-disk format stays exactly what it was. It compares equal to
+    the same object as a dict.
+
+    Attributes:
+        format_version: :data:`FORMAT_VERSION`.
+        architecture: the network to rebuild.
+        classes: class names in output order (docs/architecture.md, "Labels").
+        positive_class: the screened-for class, or ``None``.
+        multiclass: softmax over ``classes`` rather than one logit.
+        preprocessing: input size and normalisation.
+        temperature: logits are divided by it (calibration); 1.0 when unset.
+        threshold: decision threshold on the positive-class probability; 0.5 when unset.
+        files: file name to SHA-256 of every file the bundle relies on.
+        ood: how the out-of-domain detector is stored, or ``None``.
+        config, metrics: the recipe and the measured figures, as recorded.
+        command, data_fingerprint, mpoxscan_version, created: provenance, or ``None``.
+    """
+
+    format_version: int
+    architecture: ArchitectureSpec
+    classes: tuple[str, ...]
+    positive_class: str | None
+    multiclass: bool
+    preprocessing: Preprocessing
+    temperature: float
+    threshold: float
+    files: Mapping[str, str]
+    ood: Mapping[str, Any] | None
+    config: Mapping[str, Any]
+    metrics: Mapping[str, Any]
+    command: str | None
+    data_fingerprint: str | None
+    mpoxscan_version: str | None
+    created: str | None
+    document: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], bundle_dir: str | Path = ".") -> BundleMeta:
+        """Validate a ``model.json`` object (format and meaning; not the file hashes).
+
+        Args:
+            data: the parsed JSON object.
+            bundle_dir: the bundle folder, named in error messages.
+
+        Raises:
+            BundleError: an unknown format version, or fields that are missing or contradict
+                each other (see docs/architecture.md).
+        """
+        bundle = Path(bundle_dir)
+        _check_format(bundle, data)
+        if not isinstance(data.get("files"), dict):
+            raise BundleError(
+                f"{bundle / META_FILE} does not list the bundle's files and their SHA-256. "
+                "Re-export the bundle."
+            )
+        arch, prep = data["architecture"], data["preprocessing"]
+        try:
+            return cls(
+                format_version=int(data["format_version"]),
+                architecture=ArchitectureSpec(
+                    name=str(arch["name"]),
+                    num_outputs=int(arch["num_outputs"]),
+                    image_size=int(arch["image_size"]),
+                    dropout=_float_or_none(arch.get("dropout")),
+                ),
+                classes=tuple(str(name) for name in data["classes"]),
+                positive_class=data.get("positive_class"),
+                multiclass=bool(data.get("multiclass", False)),
+                preprocessing=Preprocessing(
+                    int(prep["image_size"]),
+                    tuple(float(v) for v in prep["mean"]),  # type: ignore[arg-type]
+                    tuple(float(v) for v in prep["std"]),  # type: ignore[arg-type]
+                ),
+                temperature=_default(data.get("temperature"), 1.0),
+                threshold=_default(data.get("threshold"), 0.5),
+                files=dict(data["files"]),
+                ood=data.get("ood") or None,
+                config=data.get("config") or {},
+                metrics=data.get("metrics") or {},
+                command=data.get("command"),
+                data_fingerprint=data.get("data_fingerprint"),
+                mpoxscan_version=data.get("mpoxscan_version"),
+                created=data.get("created"),
+                document=json.loads(json.dumps(data)),
+            )
+        except (TypeError, ValueError) as err:
+            raise BundleError(
+                f"{bundle / META_FILE} is invalid: {err}. Re-export the bundle."
+            ) from err
+
+    @property
+    def binary(self) -> bool:
+        """One output logit (of the positive class): probabilities ``[1 - p, p]``."""
+        return self.architecture.num_outputs == 1
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``model.json`` object (a fresh copy, safe to change)."""
+        return json.loads(json.dumps(self.document))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.document[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.document)
+
+    def __len__(self) -> int:
+        return len(self.document)
 
 
 def save_bundle(
@@ -97,36 +218,39 @@ def save_bundle(
         full_meta["ood"] = None
     names.extend(_copy_into(out, Path(extra)) for extra in extra_files)
 
-    full_meta["files"] = {name: sha256_file(out / name) for name in names}
-    _write_meta(out, full_meta)
+    full_meta["files"] = {name: file_sha256(out / name) for name in names}
+    _write_meta(out, BundleMeta.from_json(full_meta, out))
     return out
 
 
-def read_bundle_meta(bundle_dir: str | Path) -> dict[str, Any]:
-    """Read and validate a bundle's ``model.json``, checking every file's SHA-256.
+def read_bundle_meta(bundle_dir: str | Path) -> BundleMeta:
+    """Read and validate a bundle's ``model.json``, checking every file's SHA-256 (once each).
 
     Args:
         bundle_dir: the bundle folder.
 
     Returns:
-        The metadata dict.
+        The validated metadata; pass it on rather than reading the bundle again.
 
     Raises:
         BundleError: the folder or ``model.json`` is missing or invalid, the format version
             is unknown, or a listed file is missing, of a pickle format, or changed.
     """
     bundle = Path(bundle_dir)
-    meta = _read_meta_json(bundle)
-    _check_format(bundle, meta)
-    _check_files(bundle, meta["files"])
+    meta = BundleMeta.from_json(_read_meta_json(bundle), bundle)
+    _check_files(bundle, meta.files)
     return meta
 
 
-def load_torch_model(bundle_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_torch_model(
+    bundle_dir: str | Path, meta: BundleMeta | None = None
+) -> tuple[nn.Module, BundleMeta]:
     """Rebuild a bundle's network in PyTorch and load its weights (strictly).
 
     Args:
         bundle_dir: the bundle folder.
+        meta: its metadata, when already read with :func:`read_bundle_meta` (then the files
+            are not hashed again).
 
     Returns:
         ``(model, meta)``; the model is in eval mode on the CPU.
@@ -140,19 +264,19 @@ def load_torch_model(bundle_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]
 
     from mpoxscan.models import create_model
 
-    meta = read_bundle_meta(bundle_dir)
-    arch = meta["architecture"]
+    meta = meta if meta is not None else read_bundle_meta(bundle_dir)
+    arch = meta.architecture
     try:
         model = create_model(
-            arch["name"],
-            num_outputs=int(arch["num_outputs"]),
+            arch.name,
+            num_outputs=arch.num_outputs,
             pretrained=False,
-            dropout=arch.get("dropout"),
-            image_size=int(arch["image_size"]),
+            dropout=arch.dropout,
+            image_size=arch.image_size,
         )
     except KeyError as err:
         raise BundleError(
-            f"The bundle {bundle_dir} uses architecture {arch['name']!r}, which this version "
+            f"The bundle {bundle_dir} uses architecture {arch.name!r}, which this version "
             f"of mpoxscan does not know ({err}). Upgrade mpoxscan or re-train the bundle."
         ) from err
     path = Path(bundle_dir) / WEIGHTS_FILE
@@ -161,14 +285,14 @@ def load_torch_model(bundle_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]
         model.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as err:
         raise BundleError(
-            f"The weights in {path} do not fit architecture {arch['name']!r} ({err}). The "
+            f"The weights in {path} do not fit architecture {arch.name!r} ({err}). The "
             "bundle is damaged or was written by another version: re-export or re-train it."
         ) from err
     model.eval()
     return model, meta
 
 
-def load_ood_detector(bundle_dir: str | Path, meta: Mapping[str, Any]) -> OodDetector | None:
+def load_ood_detector(bundle_dir: str | Path, meta: BundleMeta) -> OodDetector | None:
     """Load the bundle's out-of-domain detector, or ``None`` when it has none.
 
     Args:
@@ -183,11 +307,11 @@ def load_ood_detector(bundle_dir: str | Path, meta: Mapping[str, Any]) -> OodDet
 
     from mpoxscan.inference.quality import OodDetector
 
-    ood_meta = meta.get("ood")
+    ood_meta = meta.ood
     if not ood_meta:
         return None
     name = ood_meta.get("file", OOD_FILE)
-    if name not in meta.get("files", {}):
+    if name not in meta.files:
         raise BundleError(
             f"model.json in {bundle_dir} describes an out-of-domain detector but does not "
             f"list its file {name!r}. Re-export the bundle."
@@ -208,7 +332,8 @@ def update_bundle_files(
     new_files: Iterable[str | Path] = (),
     *,
     staged: Mapping[str, str | Path] | None = None,
-) -> dict[str, Any]:
+    meta: BundleMeta | None = None,
+) -> BundleMeta:
     """Add or replace files in a bundle and rewrite ``model.json`` with their hashes.
 
     The bundle is validated first (before any file of it is replaced), so an update never
@@ -222,26 +347,28 @@ def update_bundle_files(
             elsewhere, which are copied in.
         staged: files written elsewhere (e.g. a temporary file in the bundle folder), by the
             name they take in the bundle; each is moved into place.
+        meta: the bundle's metadata, when the caller has just read it with
+            :func:`read_bundle_meta` (then the files are not hashed again).
 
     Returns:
         The new metadata.
     """
     bundle = Path(bundle_dir)
-    meta = read_bundle_meta(bundle)
-    meta.update(_to_json(dict(meta_updates or {})))
-    files = dict(meta["files"])
+    data = (meta if meta is not None else read_bundle_meta(bundle)).to_json()
+    data.update(_to_json(dict(meta_updates or {})))
+    files = dict(data["files"])
     for name, source in (staged or {}).items():
         _check_new_name(bundle, name)
         os.replace(source, bundle / name)
-        files[name] = sha256_file(bundle / name)
+        files[name] = file_sha256(bundle / name)
     for item in new_files:
         path = Path(item)
         name = _copy_into(bundle, path if path.is_absolute() else bundle / path)
-        files[name] = sha256_file(bundle / name)
-    meta["files"] = files
-    _check_format(bundle, meta)
-    _write_meta(bundle, meta)
-    return meta
+        files[name] = file_sha256(bundle / name)
+    data["files"] = files
+    updated = BundleMeta.from_json(data, bundle)
+    _write_meta(bundle, updated)
+    return updated
 
 
 def _complete_meta(meta: Mapping[str, Any], out: Path) -> dict[str, Any]:
@@ -308,8 +435,8 @@ def _copy_into(bundle: Path, path: Path) -> str:
     return path.name
 
 
-def _write_meta(bundle: Path, meta: Mapping[str, Any]) -> None:
-    text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
+def _write_meta(bundle: Path, meta: BundleMeta) -> None:
+    text = json.dumps(meta.to_json(), indent=2, allow_nan=False) + "\n"
     _write_atomic(bundle / META_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
@@ -412,7 +539,7 @@ def _check_files(bundle: Path, files: Mapping[str, str] | None) -> None:
             raise BundleError(
                 f"{path} is missing from the bundle. Re-download the bundle or export it again."
             )
-        if sha256_file(path) != expected:
+        if file_sha256(path) != expected:
             raise BundleError(
                 f"{path} has changed since the bundle was saved (its SHA-256 does not match "
                 "model.json): it is truncated, damaged or was replaced. Re-download or "
@@ -460,6 +587,14 @@ def _is_external(tensor: Any) -> bool:
     import onnx
 
     return tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data) > 0
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _default(value: Any, default: float) -> float:
+    return default if value is None else float(value)
 
 
 def _to_json(value: Any) -> Any:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpoxscan.data.datasets import file_sha256
 from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.errors import BundleError
+from mpoxscan.hashing import file_sha256
 from mpoxscan.inference.bundle import save_bundle
 from mpoxscan.models.keras_h5 import (
     LayerWeights,

@@ -73,7 +73,7 @@ def export_onnx(
     bundle = Path(bundle_dir)
     model, meta = load_torch_model(bundle)
     module = inference_module(model, meta)
-    size = int(meta["preprocessing"]["image_size"])
+    size = meta.preprocessing.image_size
     pixels = _parity_pixels(samples, size)
 
     tmp = bundle / f".{ONNX_FILE}.{os.getpid()}.tmp"
@@ -88,7 +88,7 @@ def export_onnx(
             )
         onnx_meta = {"opset": opset, "parity_max_abs_diff": diff, "parity_samples": len(pixels)}
         # The bundle (its old model.onnx included) is checked before the new graph replaces it.
-        update_bundle_files(bundle, {"onnx": onnx_meta}, staged={ONNX_FILE: tmp})
+        update_bundle_files(bundle, {"onnx": onnx_meta}, staged={ONNX_FILE: tmp}, meta=meta)
     finally:
         tmp.unlink(missing_ok=True)
     return ExportReport(path=bundle / ONNX_FILE, max_abs_diff=diff, n_samples=len(pixels))

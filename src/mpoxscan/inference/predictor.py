@@ -19,7 +19,12 @@ from PIL import Image
 
 from mpoxscan.data.preprocessing import resize_image
 from mpoxscan.errors import BundleError
-from mpoxscan.inference.bundle import ONNX_FILE, load_ood_detector, read_bundle_meta
+from mpoxscan.inference.bundle import (
+    ONNX_FILE,
+    BundleMeta,
+    load_ood_detector,
+    read_bundle_meta,
+)
 from mpoxscan.inference.quality import (
     OodDetector,
     QualityIssue,
@@ -172,7 +177,7 @@ class Predictor:
         batch_size: photos per forward pass.
 
     Attributes (set by ``load``):
-        meta_: the bundle's ``model.json``.
+        meta_: the bundle's validated ``model.json`` (a :class:`BundleMeta`).
         classes_: class names in output order.
         positive_class_: the screened-for class, or ``None``.
         threshold_: decision threshold on the positive-class probability.
@@ -223,19 +228,19 @@ class Predictor:
         if backend not in ("auto", "onnx", "torch"):
             raise ValueError(f"backend must be 'auto', 'onnx' or 'torch', got {backend!r}")
         meta = read_bundle_meta(bundle)
-        has_onnx = ONNX_FILE in meta["files"]
+        has_onnx = ONNX_FILE in meta.files
         if backend == "onnx" and not has_onnx:
             raise BundleError(
                 f"The bundle {bundle} has no {ONNX_FILE}. Export one with "
                 "mpoxscan.inference.onnx_export.export_onnx, or load it with backend='torch'."
             )
         self.bundle_dir_ = bundle
-        self.meta_ = meta
-        self.classes_ = list(meta["classes"])
-        self.positive_class_ = meta.get("positive_class")
-        self.threshold_ = float(meta.get("threshold") or 0.5)
-        self.image_size_ = int(meta["preprocessing"]["image_size"])
-        self.binary_ = int(meta["architecture"]["num_outputs"]) == 1
+        self.meta_: BundleMeta = meta
+        self.classes_ = list(meta.classes)
+        self.positive_class_ = meta.positive_class
+        self.threshold_ = meta.threshold
+        self.image_size_ = meta.preprocessing.image_size
+        self.binary_ = meta.binary
         self.ood_: OodDetector | None = load_ood_detector(bundle, meta)
         self.backend_ = "onnx" if backend == "onnx" or (backend == "auto" and has_onnx) else "torch"
         # Re-entrant: explain() holds it around Grad-CAM (whose hooks would also catch a
@@ -257,7 +262,7 @@ class Predictor:
                 from mpoxscan.inference.bundle import load_torch_model
                 from mpoxscan.inference.torch_backend import inference_module
 
-                model, _ = load_torch_model(self.bundle_dir_)
+                model, _ = load_torch_model(self.bundle_dir_, self.meta_)
                 self.torch_model_ = inference_module(model, self.meta_)
             return self.torch_model_
 

@@ -111,7 +111,7 @@ class RayEngine:
             BundleError: the bundle is invalid.
         """
         engine = cls(Path(bundle_dir).resolve(), config or BatchConfig(), ray_config or RayConfig())
-        engine.classes_ = list(read_bundle_meta(engine.bundle_dir)["classes"])
+        engine.classes_ = list(read_bundle_meta(engine.bundle_dir).classes)
         return engine
 
     def __call__(self, files: Iterable[Path]) -> Iterator[list[Row]]:

@@ -7,13 +7,13 @@ the same module, so both backends compute the same numbers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from mpoxscan.errors import BundleError
+from mpoxscan.inference.bundle import BundleMeta
 
 
 class InferenceModule(nn.Module):
@@ -58,7 +58,7 @@ class InferenceModule(nn.Module):
         return torch.softmax(logits, dim=1), embedding
 
 
-def inference_module(model: nn.Module, meta: Mapping[str, Any]) -> InferenceModule:
+def inference_module(model: nn.Module, meta: BundleMeta) -> InferenceModule:
     """Wrap a bundle's network with its preprocessing and temperature.
 
     Args:
@@ -68,13 +68,8 @@ def inference_module(model: nn.Module, meta: Mapping[str, Any]) -> InferenceModu
     Returns:
         The wrapper, in eval mode.
     """
-    prep = meta["preprocessing"]
-    temperature = meta.get("temperature")
+    prep = meta.preprocessing
     module = InferenceModule(
-        model,
-        prep["mean"],
-        prep["std"],
-        temperature=1.0 if temperature is None else float(temperature),
-        binary=int(meta["architecture"]["num_outputs"]) == 1,
+        model, prep.mean, prep.std, temperature=meta.temperature, binary=meta.binary
     )
     return module.eval()

@@ -36,6 +36,7 @@ from torch import nn
 from mpoxscan.data.loading import ImageDataset
 from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.data.transforms import AugmentConfig, build_augmentation, normalize_batch
+from mpoxscan.hashing import file_sha256
 from mpoxscan.training.config import TrainConfig
 from mpoxscan.training.loop import (
     EarlyStopping,
@@ -81,11 +82,6 @@ class FeatureCache:
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             np.save(self.cache_dir / f"{key}.npy", array, allow_pickle=False)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def backbone_fingerprint(model: nn.Module, start: int | None = None) -> str:

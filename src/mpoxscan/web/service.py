@@ -52,25 +52,20 @@ class Analysis:
 def model_info(predictor: Predictor) -> ModelInfo:
     """The served bundle's model card, from ``predictor.meta_``."""
     meta = predictor.meta_
-    files = meta.get("files") or {}
-    weights_hash = files.get("model.safetensors") or next(iter(files.values()), "")
-    prep = meta.get("preprocessing") or {}
-    architecture = meta.get("architecture")
-    if isinstance(architecture, dict):
-        architecture = architecture.get("name")
+    weights_hash = meta.files.get("model.safetensors") or next(iter(meta.files.values()), "")
     return ModelInfo(
         version=str(weights_hash)[:12] or "unknown",
-        architecture=str(architecture or "unknown"),
+        architecture=meta.architecture.name,
         classes=list(predictor.classes_),
         positive_class=predictor.positive_class_,
         threshold=_float_or_none(predictor.threshold_),
-        temperature=_float_or_none(meta.get("temperature")),
-        image_size=prep.get("image_size"),
-        backend=str(getattr(predictor, "backend_", "unknown")),
-        created=meta.get("created"),
-        mpoxscan_version=meta.get("mpoxscan_version"),
-        data_fingerprint=meta.get("data_fingerprint"),
-        metrics=meta.get("metrics") or {},
+        temperature=_float_or_none(meta.temperature),
+        image_size=meta.preprocessing.image_size,
+        backend=predictor.backend_,
+        created=meta.created,
+        mpoxscan_version=meta.mpoxscan_version,
+        data_fingerprint=meta.data_fingerprint,
+        metrics=dict(meta.metrics),
         intended_use=str(meta.get("intended_use") or DEFAULT_INTENDED_USE),
     )
 

@@ -163,7 +163,7 @@ async def finish_analysis(request: Request, uploads: Sequence[Upload], analysis:
     audit = getattr(request.app.state, "audit_log", None)
     if audit is None:
         return
-    files = request.app.state.predictor.meta_["files"]
+    files = request.app.state.predictor.meta_.files
     served = "model.onnx" if analysis.response.model.backend == "onnx" else "model.safetensors"
     records = partial(
         audit_records,
