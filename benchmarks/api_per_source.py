@@ -135,7 +135,7 @@ def main() -> None:
     with TestClient(create_app(settings)) as client:
         positive = client.get("/api/v1/model").json()["positive_class"]
         rows = [row for source in sources for row in score_source(client, source, positive)]
-    print(f"machine: {machine()}; {len(rows)} photos in {time.perf_counter() - started:.0f} s")
+    print(f"{machine()}; {len(rows)} photos in {time.perf_counter() - started:.0f} s")
     print(f"bundle: {args.model_dir}")
     print(table(rows))
     if args.out:
