@@ -1,6 +1,14 @@
 """mpoxscan: screen photos of skin lesions for mpox, with honest, patient-grouped numbers."""
 
+import os
+
 from mpoxscan._version import __version__
+
+# ONNX Runtime's Linux wheels collect usage telemetry: importing it writes a device id and an
+# event store under ~/.cache/Microsoft/DeveloperTools and queues host details for upload.
+# A health application sends nothing anywhere, so it is turned off before anything imports
+# onnxruntime (the variable is read once, when its module loads).
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 __all__ = ["__version__", "load_model"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import struct
@@ -214,6 +215,49 @@ def test_truncated_image(fmt):
     with pytest.raises(InvalidImageError) as info:
         decode_image(data[: len(data) // 2])
     assert info.value.code == "truncated_image"
+
+
+#: The first bytes of every format decode_image accepts (BMP's DIB header size field too).
+SIGNATURES = {
+    "JPEG": b"\xff\xd8\xff",
+    "PNG": b"\x89PNG",
+    "GIF": b"GIF8",
+    "BMP": b"BM\x00\x00",
+    "DIB": b"\x28\x00\x00\x00",
+    "TIFF-le": b"II*\x00",
+    "TIFF-be": b"MM\x00*",
+    "WEBP": b"RIFF",
+    "HEIF": b"\x00\x00\x00\x18ftypheic",
+}
+
+
+@pytest.mark.parametrize("name", list(SIGNATURES))
+def test_files_of_zero_to_three_bytes_are_refused_with_a_designed_error(name):
+    """Shorter than any header: each gets a stable code, never struct.error (issue 17)."""
+    signature = SIGNATURES[name]
+    for length in range(4):
+        for data in {signature[:length], signature[:length] + b"B"[: 3 - length]}:
+            with pytest.raises(InvalidImageError) as info:
+                decode_image(data)
+            expected = "empty_file" if not data else {"not_an_image", "truncated_image"}
+            assert info.value.code in expected, (data, info.value.code)
+
+
+def test_truncations_and_damaged_bytes_of_every_format_give_designed_errors():
+    """Every prefix of small files of each format, and copies with bytes flipped, either decode
+    or raise InvalidImageError: no decoder error escapes as another exception."""
+    rng = np.random.default_rng(17)
+    pillow_heif.register_heif_opener()
+    for fmt in ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF"):
+        data = encode(gradient(24, 20), fmt)
+        variants = [data[:n] for n in range(0, len(data), max(1, len(data) // 150))]
+        for _ in range(60):
+            damaged = np.frombuffer(data, np.uint8).copy()
+            damaged[rng.integers(0, len(data), 4)] = rng.integers(0, 256, 4, dtype=np.uint8)
+            variants.append(damaged.tobytes())
+        for variant in variants:
+            with contextlib.suppress(InvalidImageError):
+                decode_image(variant)
 
 
 def test_image_too_small():

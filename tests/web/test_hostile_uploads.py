@@ -172,6 +172,10 @@ class Hostile:
 
 CORPUS: dict[str, Hostile] = {
     "zero-bytes": Hostile(lambda: b"", 422, "empty_file"),
+    # Shorter than any header: these once gave 500 (struct.error in the signature check).
+    "1-byte-B": Hostile(lambda: b"B", 422, "not_an_image"),
+    "2-byte-png-start": Hostile(lambda: b"\x89P", 422, "not_an_image", "a.png"),
+    "3-byte-GIF": Hostile(lambda: b"GIF", 422, "not_an_image", "a.gif"),
     "truncated-jpeg": Hostile(lambda: lesion_jpeg(seed=610)[:2000], 422, "truncated_image"),
     "truncated-png": Hostile(lambda: png_bytes(lesion(611))[:3000], 422, "truncated_image"),
     "text-as-jpg": Hostile(lambda: b"my notes, not a photo\n" * 50, 422, "not_an_image"),

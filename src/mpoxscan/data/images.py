@@ -82,7 +82,8 @@ def decode_image(source: bytes | str | Path, limits: ImageLimits | None = None) 
     try:
         img.seek(0)
         img.load()
-    except (OSError, SyntaxError, EOFError, ValueError, struct.error) as exc:
+    # pillow_heif raises RuntimeError for a corrupt HEIC (e.g. a damaged size field).
+    except (OSError, SyntaxError, EOFError, ValueError, RuntimeError, struct.error) as exc:
         raise _truncated() from exc
     img = _exif_upright(img)
     return _to_rgb(img)
@@ -146,8 +147,13 @@ def _has_image_signature(data: bytes) -> bool:
     prefix = data[:16]
     for name in _ALLOWED_FORMATS:
         accept = Image.OPEN.get(name, (None, None))[1]
-        if accept is not None and accept(prefix):
-            return True
+        try:
+            if accept is not None and accept(prefix):
+                return True
+        except (struct.error, IndexError, ValueError):
+            # Some checks unpack a fixed-size field (BMP/DIB read 4 bytes): a file of 1 to 3
+            # bytes is shorter than that, so it cannot be that format.
+            continue
     return False
 
 

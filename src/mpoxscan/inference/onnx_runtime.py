@@ -13,6 +13,10 @@ import onnxruntime as ort
 
 from mpoxscan.errors import BundleError
 
+# mpoxscan/__init__.py sets ORT_DISABLE_TELEMETRY before the import; this also stops events
+# when a program imported onnxruntime before mpoxscan.
+ort.disable_telemetry_events()
+
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("probabilities", "embedding")
 

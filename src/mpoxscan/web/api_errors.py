@@ -21,12 +21,15 @@ ERROR_STATUS: dict[str, int] = {
     "image_too_small": 422,
     "unsupported_media_type": 415,
     "malformed_request": 400,
+    "too_many_headers": 431,
     "upload_timeout": 408,
     "validation_error": 422,
     "not_found": 404,
     "method_not_allowed": 405,
     "rate_limited": 429,
+    "too_many_uploads": 429,
     "model_unavailable": 503,
+    "server_busy": 503,
     "internal_error": 500,
 }
 

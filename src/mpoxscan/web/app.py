@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,7 +14,7 @@ from pathlib import Path
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +25,11 @@ from mpoxscan._version import __version__
 from mpoxscan.errors import BundleError
 from mpoxscan.web.api_errors import ApiError
 from mpoxscan.web.i18n import load_catalogues
+from mpoxscan.web.middleware import (
+    CatchAllMiddleware,
+    HeadAsGetMiddleware,
+    HeaderCountMiddleware,
+)
 from mpoxscan.web.observability import AccessLogMiddleware, log_config
 from mpoxscan.web.ratelimit import RateLimiter
 from mpoxscan.web.routes import api, pages
@@ -76,6 +84,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_error_handlers(app)
+    # Middlewares added first run innermost: the catch-all's answer still passes through the
+    # security headers and the request id.
+    app.add_middleware(CatchAllMiddleware, error_response=_unexpected_error_response)
+    app.add_middleware(HeaderCountMiddleware, max_headers=settings.max_header_count)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -84,8 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(SecurityHeadersMiddleware)
-    # Added last, so it wraps the others: error pages and 429s carry the request id too (only
-    # the bare 500 of an exception no handler caught comes from Starlette's outer layer).
+    app.add_middleware(HeadAsGetMiddleware)
+    # Added last, so it wraps the others: every answer, the catch-all 500 included, carries
+    # the request id and is logged.
     app.add_middleware(AccessLogMiddleware, log_client_ip=settings.log_client_ip)
     return app
 
@@ -99,6 +112,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     from mpoxscan.web.service import model_info, warm_up
 
     settings: Settings = app.state.settings
+    _private_matplotlib_dir()
     app.state.prediction_limiter = anyio.CapacityLimiter(settings.max_concurrent_predictions)
     _single_threaded_blas()
     if settings.audit_log:
@@ -144,6 +158,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.audit_log = None
 
 
+def _private_matplotlib_dir() -> None:
+    """Keep matplotlib's files out of the home directory.
+
+    captum (Grad-CAM) imports matplotlib, which creates ``~/.config/matplotlib`` and writes a
+    font list under ``~/.cache/matplotlib`` when it loads. The server points it at a temporary
+    folder of its own, removed when the process exits, unless ``MPLCONFIGDIR`` already names
+    one.
+    """
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    folder = tempfile.mkdtemp(prefix="mpoxscan-matplotlib-")
+    os.environ["MPLCONFIGDIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
 def _single_threaded_blas() -> None:
     """One BLAS thread per process: the only BLAS work while serving is the out-of-domain
     distance (a matrix-vector product), and OpenBLAS's idle threads spin on the cores ONNX
@@ -174,15 +203,26 @@ def _add_error_handlers(app: FastAPI) -> None:
         error.status_code = exc.status_code
         return await on_api_error(request, error)
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        error = ApiError("internal_error", "Something went wrong on the server; try again later.")
-        return JSONResponse(error.body(), status_code=500)
-
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+
+
+def _unexpected_error_response(request: Request) -> Response:
+    """The answer to an exception no handler caught: ``500 internal_error``, as an HTML page
+    on pages and JSON on the API, with no detail (the traceback goes to the server log)."""
+    error = ApiError("internal_error", "Something went wrong on the server; try again later.")
+    if _wants_html(request):
+        try:
+            return pages.render_error(request, error)
+        except Exception:  # the page itself cannot be rendered: a plain page, still HTML
+            logger.exception("the error page could not be rendered")
+            return HTMLResponse(
+                "<!DOCTYPE html><title>Error</title><p>Something went wrong on the server; "
+                "try again later.</p>",
+                status_code=500,
+            )
+    return JSONResponse(error.body(), status_code=500)
 
 
 def _wants_html(request: Request) -> bool:

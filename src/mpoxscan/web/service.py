@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +31,8 @@ from mpoxscan.web.schemas import (
     PredictResponse,
 )
 from mpoxscan.web.uploads import Upload
+
+logger = logging.getLogger(__name__)
 
 #: Photos are analysed at most this many pixels a side: a 50 MP photo decodes to 150 MB,
 #: ten of them would not fit a small server, and the model sees a few hundred pixels anyway.
@@ -173,6 +177,14 @@ def _decode(upload: Upload, limits: ImageLimits) -> Image.Image | ApiError:
         image = decode_image(bytes(upload.data), limits)
     except InvalidImageError as exc:
         return ApiError.from_invalid_image(exc)
+    except (OSError, ValueError, RuntimeError, struct.error, IndexError, TypeError) as exc:
+        # A decoder error decode_image does not know yet: this photo gets an error entry and
+        # the request's other photos are still predicted. The kind is logged, never the bytes.
+        logger.warning("a photo could not be decoded (%s)", type(exc).__name__)
+        return ApiError(
+            "not_an_image",
+            "A photo could not be decoded; export it again as a JPEG or PNG and retry.",
+        )
     if max(image.size) > WORKING_MAX_SIDE:
         image.thumbnail((WORKING_MAX_SIDE, WORKING_MAX_SIDE), Image.Resampling.BILINEAR)
     return image

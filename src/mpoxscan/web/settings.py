@@ -48,6 +48,8 @@ class Settings(BaseSettings):
         workers: uvicorn worker processes (each loads its own copy of the model).
         log_client_ip: add the client's IP address to the access log (off: an address is
             personal data, and the log needs none to be useful).
+        max_header_count: most header fields a request may have; more gets 431
+            ``too_many_headers`` (their total size is bounded by ``max_header_bytes``).
         audit_log: keep an audit log of predictions (time, model, probabilities, band and the
             photo's SHA-256, never the photo) in ``audit_db_url``. Off by default; setting
             ``MPOXSCAN_AUDIT_DB_URL`` turns it on too.
@@ -77,6 +79,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     workers: int = Field(default=1, ge=1)
     log_client_ip: bool = False
+    # Browsers send 10-20 header fields; 100 leaves room for proxies and still bounds the work.
+    max_header_count: int = Field(default=100, ge=10)
     audit_log: bool = False
     audit_db_url: str = "sqlite:///mpoxscan-audit.sqlite3"
 
