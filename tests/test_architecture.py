@@ -163,6 +163,37 @@ def test_no_import_circles(graph):
     assert import_circles(graph) == []
 
 
+#: The EfficientNet-Lite package's internals: only models/ may reach them (through the model's
+#: ``forward_until`` / ``forward_from`` / ``num_blocks`` everywhere else).
+BACKBONE_INTERNALS = frozenset(
+    {"_blocks", "_conv_stem", "_bn0", "_bn1", "_conv_head", "_global_params", "_fc", "_swish"}
+    | {"stem_act", "head_act"}
+)
+
+
+def backbone_internals_used(path: Path) -> list[str]:
+    """Where a file reads a backbone's internals (attributes, or names given to hasattr)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr in BACKBONE_INTERNALS:
+            found.append(f"{path.name}:{node.lineno} .{node.attr}")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("hasattr", "getattr", "setattr")
+            and len(node.args) > 1
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value in BACKBONE_INTERNALS
+        ):
+            found.append(f"{path.name}:{node.lineno} {node.func.id}(..., {node.args[1].value!r})")
+    return found
+
+
+def test_only_models_touch_a_backbones_internals():
+    outside = [p for p in (SRC / PACKAGE).rglob("*.py") if "models" not in p.parts]
+    assert [hit for path in outside for hit in backbone_internals_used(path)] == []
+
+
 def _write(root: Path, files: dict[str, str]) -> Path:
     for rel, text in files.items():
         path = root / PACKAGE / rel
@@ -198,3 +229,12 @@ def test_the_checks_find_a_circle_an_upward_import_and_an_unknown_layer(tmp_path
     assert "mpoxscan.data.a imports mpoxscan.models.m" in upward_imports(graph)
     with pytest.raises(KeyError, match="add it to LAYERS"):
         layer_rank("mpoxscan.helpers")
+
+
+def test_the_internals_check_finds_attributes_and_hasattr(tmp_path):
+    path = tmp_path / "recipe.py"
+    path.write_text("def f(m):\n    return m.backbone._blocks, hasattr(m, 'head_act')\n")
+    assert backbone_internals_used(path) == [
+        "recipe.py:2 ._blocks",
+        "recipe.py:2 hasattr(..., 'head_act')",
+    ]

@@ -60,3 +60,27 @@ def test_a_file_that_is_not_lite_weights_raises_weights_error(tmp_path: Path) ->
         create_model("efficientnet-lite0", num_outputs=1, weights=bogus)
     with pytest.raises(WeightsError, match="not found"):
         create_model("efficientnet-lite0", num_outputs=1, weights=tmp_path / "missing.pth")
+
+
+def test_forward_until_and_from_a_block_make_up_the_whole_network() -> None:
+    model = create_model("efficientnet-lite0", num_outputs=1, image_size=32).eval()
+    assert model.num_blocks == 16
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        whole = model.forward_features(x)
+        split = model.forward_from(model.forward_until(x, 14), 14)
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-5)
+    assert model.in_blocks_before("backbone._blocks.13.conv.weight", 14)
+    assert not model.in_blocks_before("backbone._blocks.14.conv.weight", 14)
+    model.freeze_blocks_before(14)
+    trainable = {
+        n.split(".")[2] for n, p in model.named_parameters() if p.requires_grad and "_blocks" in n
+    }
+    assert trainable == {"14", "15"}
+
+
+def test_models_without_blocks_say_so() -> None:
+    model = create_model("seed-cnn", num_outputs=1, image_size=72)
+    assert model.num_blocks == 0
+    with pytest.raises(NotImplementedError, match="has no blocks"):
+        model.forward_until(torch.zeros(1, 3, 72, 72), 1)

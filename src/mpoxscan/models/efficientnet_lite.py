@@ -69,13 +69,38 @@ class EfficientNetLite(MpoxNet):
         self.head = nn.Sequential(nn.Dropout(dropout), classifier)
         self.cam_layer = self.head_act
 
+    @property
+    def num_blocks(self) -> int:  # type: ignore[override]
+        return len(self.backbone._blocks)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(self.forward_until(x, 0), 0)
+
+    def forward_until(self, x: torch.Tensor, block: int) -> torch.Tensor:
         net = self.backbone
-        x = self.stem_act(net._bn0(net._conv_stem(x)))
-        rate = net._global_params.drop_connect_rate or 0.0
-        for index, block in enumerate(net._blocks):
-            x = block(x, drop_connect_rate=rate * index / len(net._blocks))
+        return self._run_blocks(self.stem_act(net._bn0(net._conv_stem(x))), range(block))
+
+    def forward_from(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        net = self.backbone
+        x = self._run_blocks(x, range(block, self.num_blocks))
         return self.head_act(net._bn1(net._conv_head(x)))
+
+    def in_blocks_before(self, state_key: str, block: int) -> bool:
+        if state_key.startswith(("backbone._conv_stem.", "backbone._bn0.")):
+            return True
+        parts = state_key.split(".")
+        return state_key.startswith("backbone._blocks.") and int(parts[2]) < block
+
+    def freeze_blocks_before(self, block: int) -> None:
+        self.freeze_backbone(trainable_from=f"backbone._blocks.{block}")
+
+    def _run_blocks(self, x: torch.Tensor, blocks: range) -> torch.Tensor:
+        """The package's blocks, each with its drop-connect rate as ``extract_features`` gives."""
+        net = self.backbone
+        rate = net._global_params.drop_connect_rate or 0.0
+        for index in blocks:
+            x = net._blocks[index](x, drop_connect_rate=rate * index / self.num_blocks)
+        return x
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features.mean(dim=(2, 3)))

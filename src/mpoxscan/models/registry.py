@@ -79,6 +79,9 @@ class MpoxNet(nn.Module):
     architecture: str = ""
     head: nn.Module
     cam_layer: nn.Module
+    #: Backbone blocks that :meth:`forward_until` / :meth:`forward_from` split at; 0 when the
+    #: model cannot be split there (partial fine-tuning needs a model with blocks).
+    num_blocks: int = 0
 
     def __init__(self, num_outputs: int, preprocessing: Preprocessing):
         super().__init__()
@@ -95,6 +98,28 @@ class MpoxNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_until(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        """Return the input of backbone block ``block``: the stem and the blocks before it.
+
+        ``forward_from(forward_until(x, k), k)`` equals ``forward_features(x)``.
+
+        Raises:
+            NotImplementedError: the model has no blocks to split at (``num_blocks == 0``).
+        """
+        raise NotImplementedError(f"{self.architecture or type(self).__name__} has no blocks")
+
+    def forward_from(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        """Run blocks ``block`` and on (and what follows them) up to the last feature map."""
+        raise NotImplementedError(f"{self.architecture or type(self).__name__} has no blocks")
+
+    def in_blocks_before(self, state_key: str, block: int) -> bool:
+        """Whether a ``state_dict`` key belongs to what :meth:`forward_until` runs."""
+        raise NotImplementedError(f"{self.architecture or type(self).__name__} has no blocks")
+
+    def freeze_blocks_before(self, block: int) -> None:
+        """Freeze what :meth:`forward_until` runs; blocks ``block`` and on stay trainable."""
+        raise NotImplementedError(f"{self.architecture or type(self).__name__} has no blocks")
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Return global-average-pooled features ``(N, C)``, the out-of-domain detector's input."""

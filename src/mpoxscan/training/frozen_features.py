@@ -39,11 +39,14 @@ from mpoxscan.data.transforms import AugmentConfig, build_augmentation, normaliz
 from mpoxscan.hashing import file_sha256
 from mpoxscan.training.config import TrainConfig
 from mpoxscan.training.loop import (
+    ArrayLoader,
     EarlyStopping,
     FitResult,
-    _loss_and_correct,
     class_balanced_loss,
+    epoch_row,
+    logits_loss,
     num_outputs_of,
+    run_epochs,
 )
 
 #: The views averaged by test-time augmentation: the photo and its mirror image.
@@ -97,19 +100,11 @@ def backbone_fingerprint(model: nn.Module, start: int | None = None) -> str:
     head_keys = {f"head.{name}" for name in model.head.state_dict()}
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
-        if name in head_keys or (start is not None and not _in_prefix(name, start)):
+        if name in head_keys or (start is not None and not model.in_blocks_before(name, start)):
             continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _in_prefix(name: str, start: int) -> bool:
-    """Whether an EfficientNet-Lite state key belongs to the stem or a block before ``start``."""
-    if name.startswith(("backbone._conv_stem.", "backbone._bn0.")):
-        return True
-    parts = name.split(".")
-    return name.startswith("backbone._blocks.") and int(parts[2]) < start
 
 
 def photo_key(
@@ -176,7 +171,7 @@ def compute_views(
         [render_view(image, v, augment, view_seed(file_hash, v, seed)) for v in views]
     )
     x = normalize_batch(batch, prep)
-    out = model.embed(x) if start is None else forward_prefix(model, x, start)
+    out = model.embed(x) if start is None else model.forward_until(x, start)
     return out.numpy().astype(np.float32)
 
 
@@ -240,37 +235,15 @@ def tail_start(model: nn.Module, tail_blocks: int) -> int | None:
     """
     if tail_blocks == 0:
         return None
-    blocks = getattr(getattr(model, "backbone", None), "_blocks", None)
-    if blocks is None or not hasattr(model, "head_act"):
+    blocks = getattr(model, "num_blocks", 0)
+    if blocks == 0:
         raise ValueError(
             "FeatureConfig.tail_blocks needs an efficientnet-lite model; set it to 0 for "
             f"{getattr(model, 'architecture', type(model).__name__)}"
         )
-    if tail_blocks > len(blocks):
-        raise ValueError(f"tail_blocks is {tail_blocks}, but the model has {len(blocks)} blocks")
-    return len(blocks) - tail_blocks
-
-
-def _run_blocks(model: nn.Module, x: torch.Tensor, blocks: range) -> torch.Tensor:
-    """EfficientNet-Lite blocks ``blocks`` as ``EfficientNetLite.forward_features`` runs them."""
-    net = model.backbone
-    rate = net._global_params.drop_connect_rate or 0.0
-    for index in blocks:
-        x = net._blocks[index](x, drop_connect_rate=rate * index / len(net._blocks))
-    return x
-
-
-def forward_prefix(model: nn.Module, x: torch.Tensor, start: int) -> torch.Tensor:
-    """The input of backbone block ``start``: the stem and the blocks before it."""
-    net = model.backbone
-    return _run_blocks(model, model.stem_act(net._bn0(net._conv_stem(x))), range(start))
-
-
-def forward_tail_features(model: nn.Module, x: torch.Tensor, start: int) -> torch.Tensor:
-    """From the input of block ``start`` to the last feature map, as ``forward_features``."""
-    net = model.backbone
-    x = _run_blocks(model, x, range(start, len(net._blocks)))
-    return model.head_act(net._bn1(net._conv_head(x)))
+    if tail_blocks > blocks:
+        raise ValueError(f"tail_blocks is {tail_blocks}, but the model has {blocks} blocks")
+    return blocks - tail_blocks
 
 
 def head_logits(model: nn.Module, embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -365,9 +338,7 @@ def _pooled(model: nn.Module, x: np.ndarray, start: int | None) -> np.ndarray:
         return x
     model.eval()
     flat = torch.from_numpy(x.reshape(-1, *x.shape[2:]))
-    pooled = [
-        forward_tail_features(model, chunk, start).mean(dim=(2, 3)) for chunk in flat.split(64)
-    ]
+    pooled = [model.forward_from(chunk, start).mean(dim=(2, 3)) for chunk in flat.split(64)]
     return torch.cat(pooled).numpy().reshape(*x.shape[:2], -1)
 
 
@@ -384,50 +355,42 @@ def _fit_tail(
     """Fine-tune blocks ``start`` and on, the final convolution and the head on cached block
     inputs, every training view a sample; early stopping on validation loss."""
     torch.manual_seed(cfg.seed)
-    model.freeze_backbone(trainable_from=f"backbone._blocks.{start}")
+    model.freeze_blocks_before(start)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.backbone_lr, weight_decay=cfg.weight_decay)
-    n_views = x_train.shape[1]
-    rows = torch.from_numpy(x_train.reshape(-1, *x_train.shape[2:]))
-    labels = y_train.repeat_interleave(n_views)
     loss_fn = class_balanced_loss(y_train.tolist(), num_outputs_of(model))
-    generator = torch.Generator().manual_seed(cfg.seed)
     history = [row | {"stage": "head"} for row in head_result.history]
-    offset = len(history)
     stopping = EarlyStopping(
         cfg.patience,
-        best_loss=_tail_val_loss(model, x_val, y_val, loss_fn, start)[0],
+        best_loss=_tail_val_loss(model, x_val, y_val, loss_fn, start)["loss"],
         best_epoch=head_result.best_epoch,
     )
-    best_state = copy.deepcopy(model.state_dict())
-    for epoch in range(1, cfg.features.tail_epochs + 1):
-        model.train()
-        total, correct = 0.0, 0
-        for batch in torch.randperm(len(rows), generator=generator).split(cfg.batch_size):
-            logits = model.forward_head(forward_tail_features(model, rows[batch], start))
-            loss, batch_correct = _loss_and_correct(logits, labels[batch], loss_fn)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-            correct += batch_correct
-        val_loss, val_acc = _tail_val_loss(model, x_val, y_val, loss_fn, start)
-        row = _row(offset + epoch, total / len(rows), correct / len(rows), val_loss, val_acc)
-        history.append(row | {"stage": "tail"})
-        if stopping.update(val_loss, offset + epoch):
-            best_state = copy.deepcopy(model.state_dict())
-        elif stopping.should_stop:
-            break
-    model.load_state_dict(best_state)
+    result = run_epochs(
+        lambda rows: model.forward_head(model.forward_from(rows, start)),
+        _view_loader(x_train, y_train, cfg),
+        lambda: _tail_val_loss(model, x_val, y_val, loss_fn, start),
+        loss_fn,
+        optimizer,
+        trained=model,
+        epochs=cfg.features.tail_epochs,
+        stopping=stopping,
+        first_epoch=len(history) + 1,
+        stage="tail",
+    )
     model.freeze_backbone()
-    model.eval()
-    return FitResult(history=history, best_epoch=stopping.best_epoch, best_state=best_state)
+    return FitResult(history + result.history, result.best_epoch, result.best_state)
+
+
+def _view_loader(x: np.ndarray, y: torch.Tensor, cfg: TrainConfig) -> ArrayLoader:
+    """Batches of cached arrays ``(N, V, ...)``, every view of a photo one sample."""
+    rows = torch.from_numpy(x.reshape(-1, *x.shape[2:]))
+    return ArrayLoader(rows, y.repeat_interleave(x.shape[1]), cfg.batch_size, cfg.seed)
 
 
 @torch.no_grad()
 def _tail_val_loss(
     model: nn.Module, x: np.ndarray, y: torch.Tensor, loss_fn: nn.Module, start: int
-) -> tuple[float, float]:
+) -> dict[str, float]:
     """Validation loss and accuracy through tail and head, logits averaged over views."""
     return _val_loss(model, _pooled(model, x, start), y, loss_fn)
 
@@ -442,37 +405,21 @@ def _fit_linear(
 ) -> FitResult:
     """AdamW on the head over every training view; early stopping on validation loss."""
     torch.manual_seed(cfg.seed)
-    n_views = x_train.shape[1]
-    rows = torch.from_numpy(x_train.reshape(-1, x_train.shape[-1]))
-    labels = y_train.repeat_interleave(n_views)
     loss_fn = class_balanced_loss(y_train.tolist(), num_outputs_of(model))
     optimizer = torch.optim.AdamW(
         model.head_parameters(), lr=cfg.features.lr, weight_decay=cfg.weight_decay
     )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict[str, float]] = []
-    stopping, best_head = EarlyStopping(cfg.features.patience), None
-    for epoch in range(1, cfg.features.epochs + 1):
-        model.head.train()
-        total, correct = 0.0, 0
-        for batch in torch.randperm(len(rows), generator=generator).split(cfg.batch_size):
-            loss, batch_correct = _loss_and_correct(
-                head_logits(model, rows[batch]), labels[batch], loss_fn
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-            correct += batch_correct
-        val_loss, val_acc = _val_loss(model, x_val, y_val, loss_fn)
-        history.append(_row(epoch, total / len(rows), correct / len(rows), val_loss, val_acc))
-        if stopping.update(val_loss, epoch):
-            best_head = copy.deepcopy(model.head.state_dict())
-        elif stopping.should_stop:
-            break
-    model.head.load_state_dict(best_head)
-    model.eval()
-    return FitResult(history=history, best_epoch=stopping.best_epoch, best_state=model.state_dict())
+    result = run_epochs(
+        lambda rows: head_logits(model, rows),
+        _view_loader(x_train, y_train, cfg),
+        lambda: _val_loss(model, x_val, y_val, loss_fn),
+        loss_fn,
+        optimizer,
+        trained=model.head,
+        epochs=cfg.features.epochs,
+        stopping=EarlyStopping(cfg.features.patience),
+    )
+    return FitResult(result.history, result.best_epoch, best_state=model.state_dict())
 
 
 def _fit_logreg(
@@ -495,11 +442,12 @@ def _fit_logreg(
         classifier = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
         classifier.fit((rows - mean) / scale, labels)
         _write_linear(output_layer(model), classifier, mean, scale)
-        train_loss, train_acc = _val_loss(model, x_train, y_train, loss_fn)
-        val_loss, val_acc = _val_loss(model, x_val, y_val, loss_fn)
-        history.append(_row(index, train_loss, train_acc, val_loss, val_acc) | {"C": c})
-        if val_loss < best_loss or best_head is None:
-            best_loss, best_epoch = val_loss, index
+        train = _val_loss(model, x_train, y_train, loss_fn)
+        val = _val_loss(model, x_val, y_val, loss_fn)
+        row = epoch_row(index, train["loss"], train["accuracy"], val["loss"], val["accuracy"])
+        history.append(row | {"C": c})
+        if val["loss"] < best_loss or best_head is None:
+            best_loss, best_epoch = val["loss"], index
             best_head = copy.deepcopy(model.head.state_dict())
     model.head.load_state_dict(best_head)
     return FitResult(history=history, best_epoch=best_epoch, best_state=model.state_dict())
@@ -524,25 +472,11 @@ def _write_linear(
 @torch.no_grad()
 def _val_loss(
     model: nn.Module, x: np.ndarray, y: torch.Tensor, loss_fn: nn.Module
-) -> tuple[float, float]:
-    """Loss and accuracy of the head on embeddings ``(N, V, C)``, logits averaged over views."""
-    if len(y) == 0:
-        return float("nan"), float("nan")
-    model.eval()
-    loss, correct = _loss_and_correct(head_logits(model, x).mean(dim=1), y, loss_fn)
-    return float(loss), correct / len(y)
-
-
-def _row(
-    epoch: int, train_loss: float, train_acc: float, val_loss: float, val_acc: float
 ) -> dict[str, float]:
-    return {
-        "epoch": epoch,
-        "train_loss": train_loss,
-        "train_accuracy": train_acc,
-        "val_loss": val_loss,
-        "val_accuracy": val_acc,
-    }
+    """Loss and accuracy of the head on embeddings ``(N, V, C)``, logits averaged over views."""
+    model.eval()
+    logits = head_logits(model, x).mean(dim=1) if len(y) else torch.empty(0)
+    return logits_loss(logits, y, loss_fn)
 
 
 @torch.no_grad()

@@ -1,11 +1,18 @@
-"""The one training loop every model goes through: epochs, early stopping, best weights kept."""
+"""The one training loop every model goes through: epochs, early stopping, best weights kept.
+
+:func:`run_epochs` is the loop. It trains whatever a forward function turns a batch into logits
+with: the whole network on augmented photos (:func:`fit`, fine-tuning), the head on cached
+embeddings, or the last backbone blocks and the head on cached block inputs (the
+frozen-features recipe, with an :class:`ArrayLoader` over the cached arrays).
+"""
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -49,6 +56,11 @@ class EarlyStopping:
         return False
 
     @property
+    def has_best(self) -> bool:
+        """Whether there is a best epoch (or a starting loss) to restore."""
+        return self._has_best
+
+    @property
     def should_stop(self) -> bool:
         """Whether ``patience`` epochs in a row brought no improvement."""
         return self._stale >= self.patience
@@ -56,11 +68,47 @@ class EarlyStopping:
 
 @dataclass
 class FitResult:
-    """What ``fit`` learned: the per-epoch history and the restored best epoch."""
+    """What a training run learned: the per-epoch history and the restored best epoch.
+
+    Attributes:
+        history: one row per epoch (``epoch``, ``train_loss``, ``train_accuracy``, ``val_loss``,
+            ``val_accuracy``, and ``stage`` when the run has several).
+        best_epoch: the epoch whose weights the model holds.
+        best_state: those weights (of the module that was trained).
+    """
 
     history: list[dict[str, float]]
     best_epoch: int
     best_state: dict[str, torch.Tensor]
+
+
+class BatchLoader(Iterable[tuple[torch.Tensor, torch.Tensor]], Sized, Protocol):
+    """Batches of ``(inputs, labels)``, in a new order each time it is iterated."""
+
+
+class ArrayLoader:
+    """Shuffled mini-batches of in-memory arrays (cached embeddings or block inputs).
+
+    Args:
+        inputs: one row per sample, ``(N, ...)``.
+        labels: ``(N,)`` class indices.
+        batch_size: rows per batch (the last batch may be smaller).
+        seed: seeds the order of the batches, a new one each epoch.
+    """
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
+        self.inputs = inputs
+        self.labels = labels
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.inputs), generator=self.generator)
+        for batch in order.split(self.batch_size):
+            yield self.inputs[batch], self.labels[batch]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.inputs) / self.batch_size)
 
 
 def class_balanced_loss(labels: Iterable[int], num_outputs: int) -> nn.Module:
@@ -77,9 +125,10 @@ def class_balanced_loss(labels: Iterable[int], num_outputs: int) -> nn.Module:
     return nn.CrossEntropyLoss(weight=torch.from_numpy(weights))
 
 
-def _loss_and_correct(
+def loss_and_correct(
     logits: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module
 ) -> tuple[torch.Tensor, int]:
+    """The loss of a batch of logits (one logit: binary) and how many it classifies right."""
     if logits.shape[1] == 1:
         logits = logits[:, 0]
         loss = loss_fn(logits, labels.float())
@@ -91,22 +140,25 @@ def _loss_and_correct(
 
 
 def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
-    prep: Preprocessing,
-    augment: nn.Module | None = None,
-    on_batch=None,
+    on_batch: Callable[[float, float], None] | None = None,
 ) -> dict[str, float]:
-    """Run one pass over ``loader`` with gradient steps; returns mean loss and accuracy."""
-    model.train()
+    """Run one pass over ``loader`` with gradient steps; returns mean loss and accuracy.
+
+    Args:
+        forward: a batch's inputs to logits (the trained modules in training mode).
+        loader: ``(inputs, labels)`` batches.
+        loss_fn: see :func:`class_balanced_loss`.
+        optimizer: steps once per batch.
+        on_batch: called after each batch with the running loss and accuracy.
+    """
     total_loss, correct, seen = 0.0, 0, 0
-    for images, labels in loader:
-        if augment is not None:
-            images = augment(images)
-        logits = model(normalize_batch(images, prep))
-        loss, batch_correct = _loss_and_correct(logits, labels, loss_fn)
+    for inputs, labels in loader:
+        logits = forward(inputs)
+        loss, batch_correct = loss_and_correct(logits, labels, loss_fn)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -137,11 +189,15 @@ def evaluate_loader(
     model: nn.Module, dataset: Dataset, loss_fn: nn.Module, prep: Preprocessing
 ) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` on ``dataset`` (evaluation mode, no augmentation)."""
-    logits, labels = predict_logits(model, dataset, prep)
+    return logits_loss(*predict_logits(model, dataset, prep), loss_fn)
+
+
+@torch.no_grad()
+def logits_loss(logits: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module) -> dict[str, float]:
+    """Mean loss and accuracy of logits already computed (NaN for no samples)."""
     if len(labels) == 0:
         return {"loss": float("nan"), "accuracy": float("nan")}
-    with torch.no_grad():
-        loss, correct = _loss_and_correct(logits, labels, loss_fn)
+    loss, correct = loss_and_correct(logits, labels, loss_fn)
     return {"loss": float(loss), "accuracy": correct / len(labels)}
 
 
@@ -205,35 +261,97 @@ def fit(
     loss_fn = class_balanced_loss(_labels_of(train_ds), num_outputs_of(model))
     optimizer = make_optimizer(model, cfg, cfg.backbone_lr if backbone_lr is None else backbone_lr)
     augment = build_augmentation(cfg.augment, prep.image_size)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        if augment is not None:
+            images = augment(images)
+        return model(normalize_batch(images, prep))
+
+    return run_epochs(
+        forward,
+        loader,
+        lambda: evaluate_loader(model, val_ds, loss_fn, prep),
+        loss_fn,
+        optimizer,
+        trained=model,
+        epochs=cfg.epochs,
+        stopping=EarlyStopping(cfg.patience),
+        show_progress=show_progress,
+    )
+
+
+def run_epochs(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    loader: BatchLoader,
+    validate: Callable[[], dict[str, float]],
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    trained: nn.Module,
+    epochs: int,
+    stopping: EarlyStopping,
+    first_epoch: int = 1,
+    stage: str | None = None,
+    show_progress: bool = False,
+) -> FitResult:
+    """Train epoch by epoch, stop early on the validation loss, restore the best epoch.
+
+    Args:
+        forward: a training batch's inputs to logits.
+        loader: the training batches, reshuffled each epoch.
+        validate: the validation ``{"loss", "accuracy"}`` of the model as it is now.
+        loss_fn: see :func:`class_balanced_loss`.
+        optimizer: over the trained parameters.
+        trained: the module in training mode during an epoch, whose weights are kept at the
+            best epoch and restored at the end (the model, or only its head).
+        epochs: most epochs to run.
+        stopping: the early stopping rule (it may start from an earlier stage's best).
+        first_epoch: the number of the first epoch (after an earlier stage's epochs).
+        stage: recorded as ``"stage"`` in each history row, when given.
+        show_progress: draw a progress bar per epoch with loss and accuracy.
+
+    Returns:
+        A :class:`FitResult`; the model is in evaluation mode on return.
+    """
     history: list[dict[str, float]] = []
-    stopping, best_state = EarlyStopping(cfg.patience), None
+    best_state = copy.deepcopy(trained.state_dict()) if stopping.has_best else None
+    last = first_epoch + epochs - 1
     with _progress(show_progress) as progress:
-        for epoch in range(1, cfg.epochs + 1):
-            task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(loader), stats="")
+        for epoch in range(first_epoch, last + 1):
+            task = progress.add_task(f"epoch {epoch}/{last}", total=len(loader), stats="")
 
             def on_batch(loss: float, acc: float, task=task) -> None:
                 progress.update(task, advance=1, stats=f"loss {loss:.4f}  acc {acc:.3f}")
 
-            train = train_one_epoch(model, loader, loss_fn, optimizer, prep, augment, on_batch)
-            val = evaluate_loader(model, val_ds, loss_fn, prep)
-            history.append(_epoch_row(epoch, train, val))
-            progress.update(task, stats=_epoch_stats(history[-1]))
-            if stopping.update(val["loss"], epoch):
-                best_state = copy.deepcopy(model.state_dict())
+            trained.train()
+            train = train_one_epoch(forward, loader, loss_fn, optimizer, on_batch)
+            row = _epoch_row(epoch, train, validate())
+            history.append(row if stage is None else row | {"stage": stage})
+            progress.update(task, stats=_epoch_stats(row))
+            if stopping.update(row["val_loss"], epoch):
+                best_state = copy.deepcopy(trained.state_dict())
             elif stopping.should_stop:
                 break
-    model.load_state_dict(best_state)
+    trained.load_state_dict(best_state)
+    trained.eval()
     return FitResult(history=history, best_epoch=stopping.best_epoch, best_state=best_state)
 
 
-def _epoch_row(epoch: int, train: dict[str, float], val: dict[str, float]) -> dict[str, float]:
+def epoch_row(
+    epoch: int, train_loss: float, train_acc: float, val_loss: float, val_acc: float
+) -> dict[str, float]:
+    """One row of a training history."""
     return {
         "epoch": epoch,
-        "train_loss": train["loss"],
-        "train_accuracy": train["accuracy"],
-        "val_loss": val["loss"],
-        "val_accuracy": val["accuracy"],
+        "train_loss": train_loss,
+        "train_accuracy": train_acc,
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
     }
+
+
+def _epoch_row(epoch: int, train: dict[str, float], val: dict[str, float]) -> dict[str, float]:
+    return epoch_row(epoch, train["loss"], train["accuracy"], val["loss"], val["accuracy"])
 
 
 def _epoch_stats(row: dict[str, float]) -> str:
