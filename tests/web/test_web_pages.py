@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import re
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from PIL import Image
 from web_support import cat_jpeg, lesion_jpeg
 
 from mpoxscan.web.api_errors import ERROR_STATUS
+from mpoxscan.web.i18n import load_catalogues
 from mpoxscan.web.routes.pages import METRIC_ORDER
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "src/mpoxscan/web"
@@ -26,7 +26,7 @@ def fresh_cookies(client):
 
 
 def catalogue(lang: str) -> dict[str, str]:
-    return json.loads((WEB_DIR / "locales" / f"{lang}.json").read_text(encoding="utf-8"))
+    return load_catalogues(WEB_DIR / "locales")[lang]
 
 
 def test_home_says_what_the_tool_is_and_is_not(client):

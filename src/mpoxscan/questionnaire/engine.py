@@ -188,6 +188,19 @@ def parse_answers(raw: object, rules: RuleSet) -> Answers:
     return answers
 
 
+def answers_json_schema(rules: RuleSet) -> dict[str, Any]:
+    """The JSON Schema of the answers object ``parse_answers`` accepts (for the OpenAPI doc)."""
+    properties: dict[str, Any] = {}
+    for q in rules.questions:
+        choice = {"type": "string", "enum": list(q.values)}
+        if q.kind == "multi":
+            properties[q.id] = {"type": ["array", "null"], "items": choice, "uniqueItems": True}
+        else:
+            properties[q.id] = {"type": ["string", "null"], "enum": [*q.values, None]}
+        properties[q.id]["description"] = f"section {q.section}; skipped when absent or null"
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
 def answers_from_form(fields: Mapping[str, str], rules: RuleSet) -> dict[str, Any] | None:
     """Answers from the HTML form's fields, ``None`` when no question was answered.
 

@@ -17,22 +17,31 @@ Catalogue = dict[str, str]
 
 
 def load_catalogues(locales_dir: Path = LOCALES_DIR) -> dict[str, Catalogue]:
-    """Read ``<lang>.json`` for every language in ``LANGUAGES``.
+    """Read ``<lang>.json`` for every language in ``LANGUAGES``, with its parts
+    ``<lang>.<part>.json`` (e.g. ``en.questionnaire.json``) merged in.
 
     Raises:
         ValueError: when a catalogue lacks a key the default language has (a string would show
             untranslated).
     """
-    catalogues = {
-        lang: json.loads((locales_dir / f"{lang}.json").read_text(encoding="utf-8"))
-        for lang in LANGUAGES
-    }
+    catalogues = {lang: _read_catalogue(locales_dir, lang) for lang in LANGUAGES}
     reference = set(catalogues[DEFAULT_LANGUAGE])
     for lang, catalogue in catalogues.items():
         missing = reference - set(catalogue)
         if missing:
             raise ValueError(f"locales/{lang}.json lacks {sorted(missing)}; translate them.")
     return catalogues
+
+
+def _read_catalogue(locales_dir: Path, lang: str) -> Catalogue:
+    catalogue: Catalogue = json.loads((locales_dir / f"{lang}.json").read_text(encoding="utf-8"))
+    for part in sorted(locales_dir.glob(f"{lang}.*.json")):
+        texts = json.loads(part.read_text(encoding="utf-8"))
+        clash = set(texts) & set(catalogue)
+        if clash:
+            raise ValueError(f"locales/{part.name} repeats {sorted(clash)}; keep each key once.")
+        catalogue.update(texts)
+    return catalogue
 
 
 def normalise_language(tag: str | None) -> str | None:

@@ -66,8 +66,9 @@ class PhotoResult(BaseModel):
 class CombinedResult(BaseModel):
     """One result for all the photos (of one person)."""
 
-    status: Literal["ok", "retake"] = Field(
-        description="ok when at least one photo could be assessed, else retake."
+    status: Literal["ok", "retake", "no_photo"] = Field(
+        description="ok when at least one photo could be assessed, else retake; no_photo when "
+        "the request had answers only."
     )
     method: Literal["max"] = Field(
         default="max",
@@ -100,12 +101,39 @@ class ModelInfo(BaseModel):
     intended_use: str
 
 
+class FiredRule(BaseModel):
+    """A questionnaire rule that fired (``rules.json`` of ``mpoxscan.questionnaire``)."""
+
+    id: str
+    category: str | None
+    recommendation: str
+    sources: list[str] = Field(description="Ids of the guidance documents the rule cites.")
+
+
+class QuestionnaireResult(BaseModel):
+    """The advice from the answers and the photo band; see docs/questionnaire.md."""
+
+    category: str | None = Field(
+        description="suspected_case, unexplained_signs or contact (the guidance's categories "
+        "the answers match), or null for none."
+    )
+    recommendation: str = Field(
+        description="get_tested (at a sexual-health clinic or a doctor), see_doctor (soon) or "
+        "watch (and check again): the most urgent recommendation of the fired rules."
+    )
+    rules: list[FiredRule] = Field(description="The rules that fired, in rule-file order.")
+    version: str = Field(description="The rule set's version.")
+
+
 class PredictResponse(BaseModel):
     """Results of ``POST /api/v1/predict``."""
 
     model: ModelInfo
     results: list[PhotoResult]
     combined: CombinedResult
+    questionnaire: QuestionnaireResult | None = Field(
+        default=None, description="The advice, when the request had answers."
+    )
 
 
 class Health(BaseModel):

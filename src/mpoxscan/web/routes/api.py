@@ -11,11 +11,20 @@ from fastapi import APIRouter, Query, Request
 
 from mpoxscan._version import __version__
 from mpoxscan.data.images import ImageLimits
+from mpoxscan.inference.predictor import Predictor
+from mpoxscan.questionnaire import answers_json_schema, default_rules
 from mpoxscan.web.api_errors import ApiError
 from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep
 from mpoxscan.web.observability import request_id
 from mpoxscan.web.prediction_log import audit_records
 from mpoxscan.web.prediction_threads import run_prediction
+from mpoxscan.web.questionnaire_answers import (
+    ANSWERS_FIELD,
+    add_advice,
+    answers_only,
+    has_answers,
+    read_answers,
+)
 from mpoxscan.web.schemas import ErrorResponse, Health, ModelInfo, PredictResponse
 from mpoxscan.web.service import Analysis, analyse_uploads
 from mpoxscan.web.settings import Settings
@@ -32,7 +41,6 @@ _UPLOAD_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file"],
                     "properties": {
                         "file": {
                             "type": "array",
@@ -40,10 +48,19 @@ _UPLOAD_BODY = {
                             "description": "One part per photo of the same person (up to "
                             "MPOXSCAN_MAX_FILES, default 10; each up to "
                             "MPOXSCAN_MAX_UPLOAD_BYTES, default 10 MiB). JPEG, PNG, WebP, "
-                            "BMP, TIFF or HEIC.",
-                        }
+                            "BMP, TIFF or HEIC. Required unless answers are sent.",
+                        },
+                        ANSWERS_FIELD: {
+                            **answers_json_schema(default_rules()),
+                            "description": "Optional questionnaire answers: one text part "
+                            "(no file name, at most 1 KiB) holding a JSON object of question "
+                            "id -> answer; every question may be skipped. See "
+                            "docs/questionnaire.md. Processed in memory, never logged or "
+                            "stored.",
+                        },
                     },
-                }
+                },
+                "encoding": {ANSWERS_FIELD: {"contentType": "application/json"}},
             }
         },
     }
@@ -57,7 +74,7 @@ _ERRORS = {
         413: "file_too_large, request_too_large",
         415: "unsupported_media_type",
         422: "no_file, too_many_files, too_many_parts, empty_file, not_an_image, "
-        "truncated_image, too_many_pixels, validation_error",
+        "truncated_image, too_many_pixels, invalid_answers, validation_error",
         429: "rate_limited (with Retry-After)",
         500: "internal_error",
         503: "model_unavailable",
@@ -81,26 +98,18 @@ async def predict(
         False, description="Add a base64 PNG Grad-CAM overlay (heatmap_png) to each assessed photo."
     ),
 ) -> PredictResponse:
-    """Screen photos sent as multipart ``file`` parts.
+    """Screen photos sent as multipart ``file`` parts, with optional questionnaire ``answers``.
 
     Each photo gets a result: ``ok`` with the calibrated mpox probability and its band,
     ``retake`` with the reasons it cannot be assessed, or, in a request with several photos,
     ``error`` when its file cannot be read (the other photos are still predicted). A request
     with a single photo that cannot be read gets the error itself (4xx). ``combined`` takes
     the highest probability among the assessed photos. File names and EXIF are never echoed.
+    With answers, ``questionnaire`` gives the advice of the rules (docs/questionnaire.md), the
+    photo band included; answers without a photo get the advice from the answers alone.
     """
-    form = await read_photos(request, settings)
-    analysis = await run_prediction(
-        request.app,
-        partial(
-            analyse_uploads,
-            predictor,
-            form.files,
-            limits=image_limits(settings),
-            explain=explain,
-        ),
-    )
-    await finish_analysis(request, form.files, analysis)
+    form = await read_photos(request, settings, answers_allowed=True)
+    analysis = await analyse_form(request, predictor, settings, form, explain=explain)
     return analysis.response
 
 
@@ -129,11 +138,14 @@ async def model_card(request: Request, _: PredictorDep) -> ModelInfo:
     return request.app.state.model_info
 
 
-async def read_photos(request: Request, settings: Settings) -> UploadForm:
+async def read_photos(
+    request: Request, settings: Settings, *, answers_allowed: bool = False
+) -> UploadForm:
     """Read the request's photos into memory under the settings' limits.
 
     Raises:
-        ApiError: ``no_file`` when no ``file`` part was sent, or any ``read_upload_form`` error.
+        ApiError: ``no_file`` when no ``file`` part was sent (and, with ``answers_allowed``,
+            no questionnaire answers either), or any ``read_upload_form`` error.
     """
     check_content_length(request.headers.get("content-length"), settings.max_request_bytes)
     form = await read_upload_form(
@@ -145,11 +157,46 @@ async def read_photos(request: Request, settings: Settings) -> UploadForm:
         max_parts=settings.max_parts,
         max_seconds=settings.max_upload_seconds,
     )
-    if not form.files:
+    if not form.files and not (answers_allowed and has_answers(form.fields)):
         raise ApiError(
             "no_file", 'No photo was sent; add at least one multipart part named "file".'
         )
     return form
+
+
+async def analyse_form(
+    request: Request,
+    predictor: Predictor,
+    settings: Settings,
+    form: UploadForm,
+    *,
+    explain: bool,
+    with_photos: bool = False,
+) -> Analysis:
+    """Run the form's photos (if any) through the model and its answers (if any) through the
+    questionnaire rules; answers are checked first, so bad ones cost no model time.
+
+    Raises:
+        ApiError: ``invalid_answers``, or a photo's error when the request has a single photo.
+    """
+    answers = read_answers(form.fields)
+    if not form.files:
+        analysis = answers_only(predictor)
+    else:
+        analysis = await run_prediction(
+            request.app,
+            partial(
+                analyse_uploads,
+                predictor,
+                form.files,
+                limits=image_limits(settings),
+                explain=explain,
+                with_photos=with_photos,
+            ),
+        )
+        await finish_analysis(request, form.files, analysis)
+    add_advice(analysis.response, answers)
+    return analysis
 
 
 def image_limits(settings: Settings) -> ImageLimits:

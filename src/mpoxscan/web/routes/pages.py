@@ -11,19 +11,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from mpoxscan._version import __version__
 from mpoxscan.inference.predictor import UNCERTAIN_FRACTION
+from mpoxscan.questionnaire import default_rules
 from mpoxscan.web.api_errors import ApiError
 from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep, get_language
 from mpoxscan.web.i18n import LANG_COOKIE, LANGUAGE_NAMES, LANGUAGES, normalise_language, translate
-from mpoxscan.web.prediction_threads import run_prediction
-from mpoxscan.web.routes.api import finish_analysis, image_limits, read_photos
-from mpoxscan.web.service import analyse_uploads
+from mpoxscan.web.routes.api import analyse_form, read_photos
 
 router = APIRouter(include_in_schema=False)
 
 _ONE_YEAR_S = 365 * 24 * 3600
 #: Pages whose language-switch links point back at themselves; any other path (a 404, a
 #: form post) links home, so a path like ``//elsewhere.example`` never becomes a link.
-_PAGES = frozenset({"/", "/model", "/privacy"})
+_PAGES = frozenset({"/", "/model", "/privacy", "/guidance"})
 
 #: The measures the model card shows, in this order (others in ``metrics`` are not shown).
 METRIC_ORDER: tuple[str, ...] = (
@@ -53,19 +52,11 @@ async def result_page(
     request: Request, predictor: PredictorDep, settings: SettingsDep, _: RateLimitDep
 ) -> Response:
     """The result without JavaScript: the form posts here and gets a rendered page."""
-    form = await read_photos(request, settings)
-    analysis = await run_prediction(
-        request.app,
-        partial(
-            analyse_uploads,
-            predictor,
-            form.files,
-            limits=image_limits(settings),
-            explain=form.fields.get("explain") == "on",
-            with_photos=True,
-        ),
+    form = await read_photos(request, settings, answers_allowed=True)
+    explain = form.fields.get("explain") == "on"
+    analysis = await analyse_form(
+        request, predictor, settings, form, explain=explain, with_photos=True
     )
-    await finish_analysis(request, form.files, analysis)
     return render(request, "result.html", result=analysis.response, photos=analysis.photos)
 
 
@@ -92,6 +83,12 @@ async def model_page(request: Request, _: PredictorDep) -> Response:
 async def privacy_page(request: Request) -> Response:
     """How photos are handled."""
     return render(request, "privacy.html")
+
+
+@router.get("/guidance", response_class=HTMLResponse)
+async def guidance_page(request: Request) -> Response:
+    """How the questions become advice: the rule file's sources and rules."""
+    return render(request, "guidance.html")
 
 
 @router.get("/i18n/{lang}.json")
@@ -121,6 +118,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
         "max_mb": _mib(settings.max_upload_bytes),
         "max_upload_bytes": settings.max_upload_bytes,
         "percent": percent,
+        "questionnaire": default_rules(),
         **context,
     }
     response = request.app.state.templates.TemplateResponse(

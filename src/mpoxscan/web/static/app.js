@@ -190,8 +190,9 @@ document.documentElement.classList.add("js");
 
   function submit(ui) {
     if (state.busy) return;
-    if (!state.files.length) {
-      showMessage(ui, tr("upload.need_photo"));
+    const answers = collectAnswers(ui.form);
+    if (!state.files.length && !answers) {
+      showMessage(ui, tr("q.need_input"));
       return;
     }
     showMessage(ui, "");
@@ -199,6 +200,8 @@ document.documentElement.classList.add("js");
     const body = new FormData();
     // The server never reads file names; a neutral name keeps them off the wire altogether.
     sent.forEach(function (entry, i) { body.append("file", entry.file, "photo-" + (i + 1)); });
+    // Answers travel as one JSON text part; they are never kept in the page's state either.
+    if (answers) body.append("answers", JSON.stringify(answers));
     const explain = ui.explain.checked;
     const xhr = new XMLHttpRequest();
     xhr.open("POST", ui.api + "?explain=" + (explain ? "true" : "false"));
@@ -248,6 +251,15 @@ document.documentElement.classList.add("js");
 
   function renderResults(ui, data, sent) {
     const combined = data.combined;
+    const advice = data.questionnaire
+      ? adviceBlock(data.questionnaire, combined.status === "no_photo")
+      : null;
+    if (combined.status === "no_photo") {
+      ui.resultsBody.replaceChildren(advice);
+      ui.results.hidden = false;
+      ui.resultsTitle.focus();
+      return;
+    }
     const overall = el("section", { className: "card overall", "aria-labelledby": "overall-title" }, [
       el("h3", { id: "overall-title", text: tr("result.overall") }),
     ]);
@@ -269,7 +281,9 @@ document.documentElement.classList.add("js");
     const grid = el("div", { className: "photo-grid" }, data.results.map(function (item) {
       return photoCard(ui, item, sent[item.index]);
     }));
-    ui.resultsBody.replaceChildren(
+    if (advice) ui.resultsBody.replaceChildren(advice);
+    else ui.resultsBody.replaceChildren();
+    ui.resultsBody.append(
       overall,
       el("h3", { text: tr("result.per_photo") }),
       grid,
@@ -348,6 +362,63 @@ document.documentElement.classList.add("js");
       card.appendChild(el("p", { className: "issues", text: errorText(ui, item.error) }));
     }
     return card;
+  }
+
+  // The questionnaire: answers from the form's question groups, and the advice they get.
+  function collectAnswers(form) {
+    const answers = {};
+    form.querySelectorAll(".q[data-question]").forEach(function (group) {
+      const id = group.dataset.question;
+      if (group.dataset.kind === "multi") {
+        const ticked = Array.from(group.querySelectorAll("input:checked")).map(function (input) {
+          return input.dataset.value;
+        });
+        if (ticked.length) answers[id] = ticked;
+      } else {
+        const chosen = group.querySelector("input:checked");
+        if (chosen) answers[id] = chosen.value;
+      }
+    });
+    return Object.keys(answers).length ? answers : null;
+  }
+
+  function adviceBlock(advice, noPhoto) {
+    const rules = advice.rules.map(function (rule) {
+      const cited = [document.createTextNode(tr("advice.sources") + " ")];
+      rule.sources.forEach(function (id, i) {
+        if (i) cited.push(document.createTextNode(", "));
+        cited.push(el("a", { href: "/guidance#source-" + id, text: tr("source." + id) }));
+      });
+      return el("li", { "data-rule": rule.id }, [
+        document.createTextNode(tr("rule." + rule.id) + " "),
+        el("span", { className: "advice-sources" }, cited),
+      ]);
+    });
+    return el("section", {
+      className: "card advice advice-" + advice.recommendation,
+      "aria-labelledby": "advice-title",
+      "data-recommendation": advice.recommendation,
+    }, [
+      el("h3", { id: "advice-title", text: tr("advice.title") }),
+      el("p", { className: "advice-recommendation", text: tr("advice.rec." + advice.recommendation) }),
+      advice.category
+        ? el("p", {
+          className: "advice-category",
+          "data-category": advice.category,
+          text: tr("advice.cat." + advice.category),
+        })
+        : null,
+      advice.recommendation !== "watch" ? el("p", { text: tr("next.isolate") }) : null,
+      noPhoto ? el("p", { className: "muted", text: tr("advice.no_photo") }) : null,
+      el("h4", { text: tr("advice.why") }),
+      el("ul", { className: "advice-rules" }, rules),
+      el("p", { className: "muted" }, [
+        document.createTextNode(
+          tr("advice.version", { version: advice.version }) + " " + tr("next.always") + " "
+        ),
+        el("a", { href: "/guidance", text: tr("guidance.title") }),
+      ]),
+    ]);
   }
 
   document.addEventListener("DOMContentLoaded", init);

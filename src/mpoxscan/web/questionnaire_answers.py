@@ -1,0 +1,81 @@
+"""The questionnaire in the web app: answers from a request, and the advice in the response.
+
+The API takes the answers as one JSON text part named ``answers``; the no-JavaScript form sends
+one field per question (``q.<id>``, ``q.<id>.<value>`` for a tick box). Answers are health data:
+they live in memory for the one request and are never logged, stored or echoed in errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from mpoxscan.errors import InvalidAnswersError
+from mpoxscan.inference.predictor import Predictor
+from mpoxscan.questionnaire import Answers, advise, answers_from_form, default_rules, parse_answers
+from mpoxscan.web.api_errors import ApiError
+from mpoxscan.web.schemas import CombinedResult, FiredRule, PredictResponse, QuestionnaireResult
+from mpoxscan.web.service import Analysis, model_info
+
+#: The multipart text part that carries the answers as a JSON object.
+ANSWERS_FIELD = "answers"
+
+
+def has_answers(fields: Mapping[str, str]) -> bool:
+    """Whether a form carries questionnaire answers (JSON part or form fields)."""
+    return ANSWERS_FIELD in fields or any(name.startswith("q.") for name in fields)
+
+
+def read_answers(fields: Mapping[str, str]) -> Answers | None:
+    """The checked answers of a request, or ``None`` when it has none.
+
+    Raises:
+        ApiError: ``invalid_answers`` (422) when the JSON does not parse or an answer is not
+            one the questions allow; the message never repeats what was sent.
+    """
+    rules = default_rules()
+    try:
+        if ANSWERS_FIELD in fields:
+            try:
+                raw = json.loads(fields[ANSWERS_FIELD])
+            except ValueError as exc:
+                raise InvalidAnswersError(
+                    f'The "{ANSWERS_FIELD}" part is not valid JSON; send a JSON object of '
+                    "question id -> answer."
+                ) from exc
+        else:
+            raw = answers_from_form(fields, rules)
+            if raw is None:
+                return None
+        return parse_answers(raw, rules)
+    except InvalidAnswersError as exc:
+        raise ApiError(exc.code, exc.message) from None
+
+
+def add_advice(response: PredictResponse, answers: Answers | None) -> None:
+    """Set ``response.questionnaire`` from the answers and the combined photo band."""
+    if answers is None:
+        return
+    band = response.combined.band if response.combined.status == "ok" else None
+    advice = advise(answers, default_rules(), photo_band=band)
+    response.questionnaire = QuestionnaireResult(
+        category=advice.category,
+        recommendation=advice.recommendation,
+        rules=[
+            FiredRule(
+                id=r.id, category=r.category, recommendation=r.recommendation, sources=r.sources
+            )
+            for r in advice.fired
+        ],
+        version=advice.version,
+    )
+
+
+def answers_only(predictor: Predictor) -> Analysis:
+    """The analysis of a request with answers and no photo: no photo results."""
+    response = PredictResponse(
+        model=model_info(predictor),
+        results=[],
+        combined=CombinedResult(status="no_photo", photos=0, assessed=0),
+    )
+    return Analysis(response=response, photos=[])
