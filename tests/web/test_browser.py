@@ -283,17 +283,22 @@ def test_model_card_page(page):
     shoot(page, "12-model-card")
 
 
+def tab_to(page, input_id: str, presses: int) -> str:
+    """Press Tab until the input has the focus (at most ``presses`` times); return the
+    outline style of its visible label, so a test can check the focus ring shows."""
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == input_id:
+            break
+    assert page.evaluate("document.activeElement.id") == input_id
+    return page.evaluate(
+        f"getComputedStyle(document.querySelector('label[for={input_id}]')).outlineStyle"
+    )
+
+
 def test_keyboard_reaches_the_photo_picker(page):
     page.goto("/")
-    for _ in range(12):
-        page.keyboard.press("Tab")
-        if page.evaluate("document.activeElement.id") == "file-input":
-            break
-    assert page.evaluate("document.activeElement.id") == "file-input"
-    outline = page.evaluate(
-        "getComputedStyle(document.querySelector('label[for=file-input]')).outlineStyle"
-    )
-    assert outline == "solid"  # the focus ring shows on the visible button
+    assert tab_to(page, "file-input", 12) == "solid"  # the focus ring shows on the button
 
 
 def test_phone_layout_has_no_sideways_scrolling(browser, base_url, photos):
