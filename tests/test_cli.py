@@ -37,6 +37,7 @@ def cli_bundle(tiny_dataset, tmp_path_factory):
         "96",
     )
     assert "Test split" in result.output and "Accuracy" in result.output
+    assert "fitting the model" in result.output  # progress per stage
     return out
 
 
@@ -62,8 +63,11 @@ def test_predict_json_reports_bad_files_and_predicts_the_rest(cli_bundle, tiny_d
     bad = tmp_path / "notes.jpg"
     bad.write_text("this is not a photo")
     good = next((tiny_dataset / "Monkey Pox").glob("*.jpg"))
-    result = invoke("predict", "--model-dir", cli_bundle, good, bad, "--json")
-    rows = json.loads(result.output)
+    result = runner.invoke(
+        app, ["predict", "--model-dir", str(cli_bundle), str(good), str(bad), "--json"]
+    )
+    assert result.exit_code == 3  # done, but a file could not be read
+    rows = json.loads(result.stdout)
     assert rows[0]["file"] == str(good)
     assert rows[0]["label"] in ("Monkey Pox", "Others")
     assert rows[0]["probability"] == pytest.approx(rows[0]["probabilities"]["Monkey Pox"])
@@ -157,6 +161,7 @@ def test_cv_prints_readable_mean_sd_and_pooled_intervals(tiny_dataset, tmp_path)
     assert f"{summary['pooled']['roc_auc']:.3f} (" in output
     assert "…" not in "".join(line for line in output.splitlines() if "0." in line)
     assert "24 patients" in output
+    assert "fold 1/3 done in" in output and "fold 3/3 done in" in output  # progress per fold
 
 
 def test_explain_writes_a_heat_map_per_assessed_photo(tiny_bundle, tmp_path, monkeypatch):

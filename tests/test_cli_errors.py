@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -27,6 +28,7 @@ def test_version_prints_the_package_version():
 
 
 def test_a_user_error_is_one_or_two_lines_and_exit_2(tmp_path):
+    (tmp_path / "photo.jpg").write_bytes(b"")
     result = run("predict", "--model-dir", tmp_path / "nope", tmp_path)
     assert result.exit_code == ExitCode.USER_ERROR
     lines = result.output.strip().splitlines()
@@ -104,3 +106,98 @@ def test_train_and_cv_share_one_declaration_of_their_options():
     shared = (set(train) & set(cv)) - {"out"}  # --out means a bundle or a results folder
     assert len(shared) >= 18
     assert all(train[name] and train[name] == cv[name] for name in shared)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    from testdata import make_lesion_photo
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in (1, 2):
+        make_lesion_photo(positive=seed == 1, seed=seed).save(folder / f"good-{seed}.jpg")
+    return folder
+
+
+def test_predict_with_nothing_to_score_exits_2(tiny_bundle, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("predict", "--model-dir", tiny_bundle, empty)
+    assert result.exit_code == ExitCode.USER_ERROR
+    assert f"error: No image files in {empty}" in result.output
+
+    (empty / "notes.jpg").write_text("not a photo")
+    result = run("predict", "--model-dir", tiny_bundle, empty, tmp_path / "missing.jpg")
+    assert result.exit_code == ExitCode.USER_ERROR
+    assert "error: No photo could be scored" in result.output
+    assert "2 files could not be read" in result.output
+
+
+def test_predict_with_some_unreadable_files_counts_them_and_exits_3(tiny_bundle, photos):
+    for index in range(5):
+        (photos / f"bad-{index}.jpg").write_text("not a photo")
+    result = run("predict", "--model-dir", tiny_bundle, photos, "--json")
+    assert result.exit_code == ExitCode.PARTIAL
+    assert "warning: 5 files could not be read and were left out:" in result.output
+    assert "bad-0.jpg, " in result.output and "and 2 more" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_predict_out_counts_unreadable_files_and_exits_3(tiny_bundle, photos, tmp_path):
+    (photos / "bad.jpg").write_text("not a photo")
+    out = tmp_path / "rows.csv"
+    result = run("predict", "--model-dir", tiny_bundle, photos, "--out", out)
+    assert result.exit_code == ExitCode.PARTIAL
+    assert "2 predicted, 1 unreadable" in result.output
+    rerun = run("predict", "--model-dir", tiny_bundle, photos, "--out", out)
+    assert rerun.exit_code == ExitCode.OK  # everything already done: nothing failed this time
+    assert "0 predicted, 0 unreadable, 3 already done" in rerun.output
+
+
+def test_predict_gives_band_and_threshold_in_json_and_table(tiny_bundle, photos):
+    from mpoxscan.inference.bundle import read_bundle_meta
+
+    threshold = read_bundle_meta(tiny_bundle).threshold
+    result = run("predict", "--model-dir", tiny_bundle, photos, "--json")
+    import json
+
+    rows = json.loads(result.output)
+    assert {row["band"] for row in rows} <= {"low", "uncertain", "high"}
+    assert all(row["threshold"] == threshold for row in rows)
+    table = run("predict", "--model-dir", tiny_bundle, photos).output
+    assert f"positive at {threshold:.1%} or more" in table
+    assert f"{rows[0]['probability']:.1%}" in table  # percentages, as on the web page
+    assert rows[0]["band"] in table
+
+
+def test_predict_follows_symlinked_folders_once(tiny_bundle, photos, tmp_path):
+    import json
+
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "linked").symlink_to(photos, target_is_directory=True)
+    (photos / "loop").symlink_to(photos, target_is_directory=True)  # a cycle
+    result = run("predict", "--model-dir", tiny_bundle, top, "--json")
+    assert result.exit_code == ExitCode.OK, result.output
+    files = [row["file"] for row in json.loads(result.stdout)]
+    assert sorted(Path(f).name for f in files) == ["good-1.jpg", "good-2.jpg"]
+    assert "not walking" in result.output and "already walked" in result.output
+
+
+def test_evaluate_on_a_folder_of_unreadable_files_is_a_message(tiny_bundle, tmp_path):
+    data = tmp_path / "data"
+    for name in ("Monkey Pox", "Others"):
+        (data / name).mkdir(parents=True)
+        for index in range(4):
+            (data / name / f"P{index}_1.jpg").write_text("x")
+    result = run("evaluate", "--model-dir", tiny_bundle, "--data", data)
+    assert result.exit_code == ExitCode.USER_ERROR
+    assert "error: None of the 8 photos" in result.output
+    assert "warning: 8 files could not be read" in result.output
+    assert "Traceback" not in result.output and len(result.output.splitlines()) <= 5
+
+    out = tmp_path / "bundle"
+    result = run("train", "--data", data, "--out", out, "--model", "seed-cnn", "--epochs", "1")
+    assert result.exit_code == ExitCode.USER_ERROR
+    assert "photos" in result.output and "could be read" in result.output
+    assert "UserWarning" not in result.output and len(result.output.splitlines()) <= 6

@@ -9,10 +9,12 @@ from __future__ import annotations
 import errno
 import inspect
 import json
+import logging
 import os
 import shlex
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -53,6 +55,9 @@ DEBUG_ENV = "MPOXSCAN_DEBUG"
 #: ``click.Context.meta`` key under which commands note files they could not read.
 UNREADABLE_META = "mpoxscan.unreadable"
 
+#: Loggers whose INFO lines are progress (per fold, per stage) that commands show on stderr.
+PROGRESS_LOGGERS = ("mpoxscan.training", "mpoxscan.data", "mpoxscan.evaluation")
+
 #: How many unreadable files a summary names (the rest are counted).
 SHOWN_FILES = 3
 
@@ -83,7 +88,7 @@ class MpoxscanCommands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         """Run the chosen command through the one error and warning path."""
         debug = bool(ctx.params.get("debug")) or _env_flag(DEBUG_ENV)
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _progress_lines():
             try:
                 result = super().invoke(ctx)
             except (TyperException, typer.Exit, typer.Abort):
@@ -101,6 +106,26 @@ class MpoxscanCommands(TyperGroup):
         return result
 
 
+@contextmanager
+def _progress_lines() -> Iterator[None]:
+    """Show the progress lines the library logs (per fold, per stage) on stderr, timed."""
+    handler = logging.StreamHandler(err_console.file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    loggers = [logging.getLogger(name) for name in PROGRESS_LOGGERS]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        for logger, (level, propagate) in zip(loggers, saved, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -111,12 +136,9 @@ def fail(message: str, hint: str | None = None) -> None:
     raise MpoxscanError(message if hint is None else f"{message}\n{hint}", code="cli")
 
 
-def note_unreadable(files: Iterable[tuple[str, str]]) -> None:
+def note_unreadable(ctx: typer.Context, files: Iterable[tuple[str, str]]) -> None:
     """Count ``(file, reason)`` pairs the running command could not read: the summary names
     the first few and the command exits 3 (or 2 when it scored nothing and says so)."""
-    import click  # typer's click: the running context
-
-    ctx = click.get_current_context()
     ctx.meta.setdefault(UNREADABLE_META, []).extend(files)
 
 
@@ -185,16 +207,22 @@ def _report_warnings(caught: list[warnings.WarningMessage], meta: dict, debug: b
 
 
 def _summarise_unreadable(unreadable: list[tuple[str, str]], debug: bool) -> None:
-    shown = unreadable if debug else unreadable[:SHOWN_FILES]
+    """One line for the count, then one per reason with its first few files."""
+    by_reason: dict[str, list[str]] = {}
+    for path, reason in unreadable:
+        short = str(reason).split(". The run goes on")[0].rstrip(".")
+        by_reason.setdefault(short, []).append(str(path))
     noun = "file" if len(unreadable) == 1 else "files"
     err_console.print(
         f"[yellow]warning:[/] {len(unreadable)} {noun} could not be read and were left out:",
         soft_wrap=True,
     )
-    for path, reason in shown:
-        err_console.print(f"  {escape(str(path))}: {escape(str(reason))}", soft_wrap=True)
-    if len(unreadable) > len(shown):
-        err_console.print(f"  and {len(unreadable) - len(shown)} more (--debug lists all)")
+    for reason, paths in by_reason.items():
+        shown = paths if debug else paths[:SHOWN_FILES]
+        more = f" and {len(paths) - len(shown)} more" if len(paths) > len(shown) else ""
+        err_console.print(
+            f"  {len(paths)} x {escape(reason)}: {escape(', '.join(shown))}{more}", soft_wrap=True
+        )
 
 
 app = typer.Typer(
@@ -553,6 +581,7 @@ class EngineChoice(StrEnum):
 
 @app.command()
 def predict(
+    ctx: typer.Context,
     model_dir: BundleOpt,
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -585,6 +614,11 @@ def predict(
     if out is not None:  # a bad --out fails before the model loads
         output_format(out)
         out.parent.mkdir(parents=True, exist_ok=True)
+    if next(iter_image_files(paths), None) is None:
+        fail(
+            f"No image files in {', '.join(map(str, paths))}.",
+            "Pass photos (.jpg, .png, .webp, ...) or folders that hold them.",
+        )
     predictor_engine = open_engine(
         model_dir,
         engine=engine.value,
@@ -593,17 +627,42 @@ def predict(
     )
     if out is not None:
         summary = _predict_with_progress(predictor_engine, paths, out)
-    else:
-        rows = [row for batch in predictor_engine(iter_image_files(paths)) for row in batch]
-    if out is not None:
         console.print(
             f"wrote {summary.out}: {summary.predicted} predicted, {summary.failed} unreadable, "
-            f"{summary.skipped} already done; {summary.images_per_second:.1f} images/s"
+            f"{summary.skipped} already done; {summary.images_per_second:.1f} images/s",
+            soft_wrap=True,
         )
-    elif as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        note_unreadable(ctx, summary.failures)
+        scored = summary.predicted + summary.skipped
     else:
-        console.print(_predictions_table(rows))
+        threshold = getattr(predictor_engine, "threshold_", None)
+        rows = [
+            _with_band(row, threshold)
+            for batch in predictor_engine(iter_image_files(paths))
+            for row in batch
+        ]
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+        else:
+            console.print(_predictions_table(rows, threshold))
+        note_unreadable(ctx, [(row["file"], row["error"]) for row in rows if row["error"]])
+        scored = sum(row["error"] is None for row in rows)
+    if not scored:
+        fail(
+            "No photo could be scored: every file was unreadable (see above).",
+            "Pass JPEG, PNG, WebP, BMP, TIFF or HEIC photos.",
+        )
+
+
+def _with_band(row: dict, threshold: float | None) -> dict:
+    """A result row with the screening band and the decision threshold (binary bundles)."""
+    from mpoxscan.inference.predictor import screening_band
+
+    probability = row.get("probability")
+    band = None
+    if probability is not None and threshold is not None:
+        band = screening_band(probability, threshold)
+    return row | {"band": band, "threshold": threshold}
 
 
 def _predict_with_progress(engine: PredictionEngine, paths: list[Path], out: Path) -> BatchSummary:
@@ -636,21 +695,35 @@ def _predict_with_progress(engine: PredictionEngine, paths: list[Path], out: Pat
         return predict_to_file(engine, paths, out, on_progress=show)
 
 
-def _predictions_table(rows: list[dict]):
+def _predictions_table(rows: list[dict], threshold: float | None):
+    """The predictions as a table; probabilities as percentages, as on the web page."""
     from rich.table import Table
 
-    table = Table(title="Predictions")
-    for column in ("file", "label", "probability", "note"):
-        table.add_column(column)
+    caption = None
+    if threshold is not None:
+        caption = (
+            f"positive at {_percent(threshold)} or more; uncertain from half of that "
+            "(retake or ask a clinician)"
+        )
+    table = Table(title="Predictions", caption=caption)
+    table.add_column("file", overflow="fold")
+    for column in ("label", "probability", "band", "note"):
+        table.add_column(column, overflow="fold")
     for row in rows:
         probability = row.get("probability")
         table.add_row(
             row["file"],
             row.get("label") or "-",
-            "-" if probability is None else f"{probability:.3f}",
+            "-" if probability is None else _percent(probability),
+            row.get("band") or "",
             row.get("error") or "",
         )
     return table
+
+
+def _percent(probability: float) -> str:
+    """A probability as every human-facing output shows it (CLI tables, web page)."""
+    return f"{probability:.1%}"
 
 
 @app.command()
@@ -681,7 +754,7 @@ def explain(
             table.add_row("", "retake", str(item.path), reasons)
         else:
             prediction = assessment.prediction
-            probability = "" if prediction.probability is None else f"{prediction.probability:.1%}"
+            probability = "" if prediction.probability is None else _percent(prediction.probability)
             table.add_row(probability, prediction.band or "", str(item.path), str(item.heatmap))
     console.print(table)
 

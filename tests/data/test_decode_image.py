@@ -198,6 +198,7 @@ def test_pixel_limit_is_configurable():
         b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>',
         b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n",
         b"P6\n2 2\n255\n" + bytes(12),  # PPM: an image, but not a format mpoxscan accepts
+        b"x\n",  # shorter than the 4 bytes a BMP header check reads (was a struct.error)
     ],
 )
 def test_not_an_image_even_when_named_jpg(tmp_path, content):

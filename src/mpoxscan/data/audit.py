@@ -10,6 +10,7 @@ default threshold) of its original, while distinct photos are 12 or more bits ap
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,8 @@ from mpoxscan.data.datasets import DatasetIndex, ImageRecord, scan_dataset
 from mpoxscan.data.images import decode_image, image_sha256
 from mpoxscan.data.splits import Fold, Split, check_leaks, grouped_folds, split_dataset
 from mpoxscan.errors import DatasetError, InvalidImageError
+
+log = logging.getLogger(__name__)  # progress: one line per stage (the CLI shows it)
 
 #: Side to which photos are shrunk before hashing; the hash only looks at 32 x 32 pixels.
 _HASH_WORKING_SIDE = 256
@@ -189,6 +192,7 @@ def audit_dataset(
         The ``AuditReport``.
     """
     index = scan_dataset(root, positive=positive, multiclass=True, patient_pattern=patient_pattern)
+    log.info("hashing %d photos in %s", len(index.records), index.root)
     hashed = _hash_records(index.records)
     pairs = _near_pairs(hashed.phashes, None, near_threshold)
     report = AuditReport(
@@ -211,12 +215,14 @@ def audit_dataset(
         for i, j, d in pairs
         if hashed.records[i].class_name != hashed.records[j].class_name
     ]
+    log.info("checking the splits and folds for patients and photos in two parts")
     partitions = _partitions(index, seed=seed, folds=folds, notes=report.notes)
     for label, part_of in partitions:
         report.patient_leaks += _patient_leaks(index.records, part_of, label)
         report.cross_split += _straddling(hashed, pairs, part_of, label)
     if against is not None:
         other = scan_dataset(against, multiclass=True)
+        log.info("hashing %d photos in %s to compare", len(other.records), other.root)
         other_hashed = _hash_records(other.records)
         report.against = other.root
         report.against_duplicates = [

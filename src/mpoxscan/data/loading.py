@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from torch.utils.data import Dataset
 from mpoxscan.data.datasets import ImageRecord
 from mpoxscan.data.images import decode_image
 from mpoxscan.data.preprocessing import Preprocessing, resize_image
-from mpoxscan.errors import InvalidImageError
+from mpoxscan.errors import DatasetError, InvalidImageError
 
 
 def load_image_batch(
@@ -65,10 +66,20 @@ class ImageDataset(Dataset):
     Args:
         records: the photos.
         image_size: side of the square images, or the model's ``Preprocessing``.
+
+    Raises:
+        DatasetError: photos were given but none of them could be read.
     """
 
     def __init__(self, records: Sequence[ImageRecord], image_size: int | Preprocessing):
         self.images, self.labels, self.records = load_image_batch(records, image_size)
+        if records and not self.records:
+            folder = Path(records[0].path).parent
+            raise DatasetError(
+                f"None of the {len(records)} photos (e.g. in {folder}) could be read, so there "
+                "is nothing to train or test on. Check that the dataset holds JPEG or PNG photos.",
+                code="no_readable_photos",
+            )
 
     def __len__(self) -> int:
         return len(self.records)

@@ -13,7 +13,7 @@ from mpoxscan.data.audit import merge_duplicates
 from mpoxscan.data.datasets import DatasetIndex, ImageRecord, fingerprint_records, scan_dataset
 from mpoxscan.data.images import decode_image
 from mpoxscan.data.splits import split_dataset
-from mpoxscan.errors import InvalidImageError
+from mpoxscan.errors import DatasetError, InvalidImageError
 from mpoxscan.evaluation.metrics import binary_metrics, multiclass_metrics, to_jsonable
 from mpoxscan.evaluation.plots import plot_confusion_matrix, plot_roc
 from mpoxscan.inference.bundle import BundleMeta
@@ -109,6 +109,12 @@ def evaluate_bundle(
     )
     records, description = evaluation_records(index, meta)
     proba, kept, skipped = _predict_records(predictor, records)
+    if not kept:
+        raise DatasetError(
+            f"None of the {len(records)} photos in {data_dir} could be read, so there is "
+            "nothing to evaluate. Check that the folder holds JPEG or PNG photos.",
+            code="no_readable_photos",
+        )
     labels = np.array([_label_in_bundle(r, index, predictor) for r in kept], dtype=int)
     groups = [r.patient for r in kept]
     if meta.multiclass:

@@ -17,10 +17,11 @@ import csv
 import json
 import os
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
@@ -101,6 +102,7 @@ class BatchSummary:
         failed: error rows (unreadable files) written in this run.
         skipped: files left alone because the output already had them.
         seconds: wall time of this run.
+        failures: ``(file, error)`` of the unreadable files of this run.
     """
 
     out: Path
@@ -108,6 +110,7 @@ class BatchSummary:
     failed: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -118,9 +121,10 @@ class BatchSummary:
 def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
     """Yield image files: files as given, folders walked recursively in sorted order.
 
-    The walk is lazy: it holds the names of one folder at a time, never the whole tree. Folders
-    are not followed through symbolic links (no cycles); a subfolder that cannot be listed is
-    yielded itself, so that it gets an error row.
+    The walk is lazy: it holds the names of one folder at a time, never the whole tree.
+    Symbolic links to folders are followed, each folder at most once (a link back to a folder
+    already walked is skipped with a warning, so there are no cycles); a subfolder that cannot
+    be listed is yielded itself, so that it gets an error row.
 
     Args:
         paths: files and folders.
@@ -131,25 +135,37 @@ def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
     """
     for path in map(Path, paths):
         if path.is_dir():
-            yield from _walk(path)
+            yield from _walk(path, set())
         else:
             yield path
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def _walk(folder: Path, seen: set[tuple[int, int]]) -> Iterator[Path]:
     try:
+        status = folder.stat()
         with os.scandir(folder) as entries:
             # Sorting by name, depth first, gives the order of sorted(rglob("*")).
             listing = sorted(
-                (entry.name, entry.is_dir(follow_symlinks=False))
-                for entry in entries
-                if entry.is_dir(follow_symlinks=False) or _is_image_file(entry)
+                (entry.name, entry.is_dir()) for entry in entries if _is_dir_or_image(entry)
             )
     except OSError:
         yield folder
         return
+    if (status.st_dev, status.st_ino) in seen:
+        warnings.warn(
+            f"not walking {folder} again: it links to a folder already walked", stacklevel=2
+        )
+        return
+    seen.add((status.st_dev, status.st_ino))
     for name, is_dir in listing:
-        yield from _walk(folder / name) if is_dir else (folder / name,)
+        yield from _walk(folder / name, seen) if is_dir else (folder / name,)
+
+
+def _is_dir_or_image(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir() or _is_image_file(entry)
+    except OSError:
+        return False
 
 
 def _is_image_file(entry: os.DirEntry[str]) -> bool:
@@ -204,7 +220,8 @@ def prepare_batch(files: Sequence[Path], image_size: int) -> PreparedBatch:
         try:
             image = resize_image(decode_image(path), image_size)
         except (InvalidImageError, OSError) as error:
-            failures.append((str(error), getattr(error, "code", UNREADABLE_CODE)))
+            message = error.strerror if isinstance(error, OSError) and error.strerror else error
+            failures.append((str(message), getattr(error, "code", UNREADABLE_CODE)))
             continue
         # uint8 HWC straight into the float32 CHW slot: one pass, no temporary float image.
         pixels[n_ok] = np.asarray(image).transpose(2, 0, 1)
@@ -273,6 +290,12 @@ class LocalEngine:
     def classes_(self) -> list[str]:
         """The predictor's classes, in output order."""
         return list(self.predictor.classes_)
+
+    @property
+    def threshold_(self) -> float | None:
+        """The decision threshold on the positive-class probability (``None``: multi-class
+        without a positive class)."""
+        return self.predictor.threshold_ if self.predictor.positive_class_ else None
 
     def __call__(self, files: Iterable[Path]) -> Iterator[list[Row]]:
         """Yield the rows of each batch of ``files``, in order."""
@@ -513,7 +536,9 @@ def predict_to_file(
     try:
         for rows in engine(todo()):
             writer.write(rows)
-            failed = sum(row["error"] is not None for row in rows)
+            failures = [(row["file"], row["error"]) for row in rows if row["error"] is not None]
+            summary.failures.extend(failures)
+            failed = len(failures)
             summary.failed += failed
             summary.predicted += len(rows) - failed
             summary.seconds = time.perf_counter() - start

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from mpoxscan.data.images import decode_image
 from mpoxscan.data.preprocessing import resize_image
 from mpoxscan.errors import BundleError
 from mpoxscan.inference.bundle import (
@@ -60,6 +61,27 @@ def logits_to_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.
         return np.stack([1.0 - positive, positive], axis=1)
     shifted = np.exp(scaled - scaled.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+#: What the prediction methods accept as a photo: a decoded image, a file path or the bytes
+#: of an image file (paths and bytes are decoded with the upload checks of ``decode_image``).
+PhotoInput = Image.Image | str | Path | bytes
+
+
+def as_image(photo: PhotoInput) -> Image.Image:
+    """A decoded photo from a PIL image, a path (``str`` or ``Path``) or an image file's bytes.
+
+    Raises:
+        InvalidImageError: the path or bytes are not a photo mpoxscan can read.
+        FileNotFoundError: the path does not exist.
+    """
+    if isinstance(photo, Image.Image):
+        return photo
+    if isinstance(photo, bytearray | memoryview):
+        photo = bytes(photo)
+    if isinstance(photo, str | Path | bytes):
+        return decode_image(photo)
+    raise TypeError(f"expected a PIL image, a file path or image bytes, got {type(photo).__name__}")
 
 
 def images_to_pixels(images: Sequence[Image.Image], image_size: int) -> np.ndarray:
@@ -290,7 +312,8 @@ class Predictor:
             probabilities, embeddings = self._torch_module()(torch.from_numpy(batch))
         return probabilities.numpy(), embeddings.numpy()
 
-    def _run_images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+    def _run_images(self, images: Sequence[PhotoInput]) -> tuple[np.ndarray, np.ndarray]:
+        images = [as_image(image) for image in images]
         probabilities, embeddings = [], []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
@@ -301,44 +324,45 @@ class Predictor:
             return np.empty((0, len(self.classes_)), np.float32), np.empty((0, 0), np.float32)
         return np.concatenate(probabilities), np.concatenate(embeddings)
 
-    def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def predict_proba(self, images: Sequence[PhotoInput]) -> np.ndarray:
         """Class probabilities for photos.
 
         Args:
-            images: decoded photos.
+            images: photos: PIL images, file paths or image bytes (see :func:`as_image`).
 
         Returns:
             ``(N, n_classes)`` probabilities in the order of ``classes_``.
         """
         return self._run_images(list(images))[0]
 
-    def predict(self, image: Image.Image) -> Prediction:
-        """Predict one photo (no photo checks; see :meth:`assess`)."""
+    def predict(self, image: PhotoInput) -> Prediction:
+        """Predict one photo: a PIL image, a file path or image bytes (no photo checks; see
+        :meth:`assess`)."""
         return self.predict_many([image])[0]
 
-    def predict_many(self, images: Sequence[Image.Image]) -> list[Prediction]:
+    def predict_many(self, images: Sequence[PhotoInput]) -> list[Prediction]:
         """Predict photos in batches (no photo checks; see :meth:`assess_many`)."""
         return [self.to_prediction(row) for row in self.predict_proba(images)]
 
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def embed(self, images: Sequence[PhotoInput]) -> np.ndarray:
         """Pooled embeddings ``(N, C)`` of photos (the out-of-domain detector's input)."""
         return self._run_images(list(images))[1]
 
-    def assess(self, image: Image.Image) -> Assessment:
+    def assess(self, image: PhotoInput) -> Assessment:
         """Check one photo, then predict it if it can be assessed."""
         return self.assess_many([image])[0]
 
-    def assess_many(self, images: Sequence[Image.Image]) -> list[Assessment]:
+    def assess_many(self, images: Sequence[PhotoInput]) -> list[Assessment]:
         """Check photos (size, sharpness, exposure, then out-of-domain) and predict the rest.
 
         Args:
-            images: decoded photos.
+            images: photos: PIL images, file paths or image bytes (see :func:`as_image`).
 
         Returns:
             One :class:`Assessment` per photo, in order. The photos that pass the pixel checks
             go through the model together, in batches.
         """
-        images = list(images)
+        images = [as_image(image) for image in images]
         results: list[Assessment | None] = []
         passed: list[int] = []
         for i, image in enumerate(images):

@@ -91,6 +91,8 @@ class RayEngine:
 
     Attributes:
         classes_: the bundle's classes, in output order.
+        threshold_: the decision threshold on the positive-class probability (``None``
+            without a positive class).
     """
 
     def __init__(self, bundle_dir: Path, config: BatchConfig, ray_config: RayConfig):
@@ -111,7 +113,9 @@ class RayEngine:
             BundleError: the bundle is invalid.
         """
         engine = cls(Path(bundle_dir).resolve(), config or BatchConfig(), ray_config or RayConfig())
-        engine.classes_ = list(read_bundle_meta(engine.bundle_dir).classes)
+        meta = read_bundle_meta(engine.bundle_dir)
+        engine.classes_ = list(meta.classes)
+        engine.threshold_ = meta.threshold if meta.positive_class else None
         return engine
 
     def __call__(self, files: Iterable[Path]) -> Iterator[list[Row]]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,8 @@ from mpoxscan.training.train import (
     split_metrics,
     warn_about_leaks,
 )
+
+log = logging.getLogger(__name__)  # progress: one line per fold (the CLI shows it)
 
 OOF_COLUMNS = ("file", "patient", "class", "label", "fold", "repeat", "probability")
 
@@ -199,12 +203,31 @@ def run_cv(
     out_dir.mkdir(parents=True, exist_ok=True)
     entries, rows = [], []
     cache = FeatureCache(train_cfg.features.cache_dir)
-    for fold in grouped_folds(index.records, n_folds=folds, repeats=repeats, seed=train_cfg.seed):
+    all_folds = grouped_folds(index.records, n_folds=folds, repeats=repeats, seed=train_cfg.seed)
+    log.info(
+        "cross-validating %s (%s) on %d photos: %d folds x %d repeats",
+        model_cfg.name,
+        train_cfg.recipe,
+        len(index.records),
+        folds,
+        repeats,
+    )
+    for number, fold in enumerate(all_folds, start=1):
+        start = time.perf_counter()
         entry, fold_rows = run_fold(
             fold, index, model_cfg, train_cfg, cache=cache, show_progress=show_progress
         )
         entries.append(entry)
         rows.extend(fold_rows)
+        log.info(
+            "fold %d/%d done in %.0f s: accuracy %.3f, ROC AUC %.3f on %d test photos",
+            number,
+            len(all_folds),
+            time.perf_counter() - start,
+            entry["metrics"].get("accuracy", float("nan")),
+            entry["metrics"].get("roc_auc") or float("nan"),
+            entry["n_test_images"],
+        )
     write_oof(rows, out_dir / "oof.csv")
     summary = to_jsonable(
         {

@@ -282,9 +282,17 @@ def train_bundle(
         seed=train_cfg.seed,
     )
     leaks = warn_about_leaks(split)
+    log.info(
+        "training %s (%s) on %d/%d/%d train/val/test photos",
+        model_cfg.name,
+        train_cfg.recipe,
+        *(len(getattr(split, name)) for name in _SPLITS),
+    )
     model, prep = build_model(model_cfg, num_outputs_for(index), train_cfg.seed)
     binary = num_outputs_of(model) == 1
+    log.info("decoding the photos")
     datasets = {name: ImageDataset(getattr(split, name), prep.image_size) for name in _SPLITS}
+    log.info("fitting the model")
     fitted = fit_recipe(
         model,
         datasets["train"],
@@ -295,6 +303,7 @@ def train_bundle(
         show_progress=show_progress,
     )
     result = fitted.result
+    log.info("calibrating on the validation patients, scoring the test patients")
     temperature, threshold, choice = calibrate_logits(
         *fitted.logits(datasets["val"]), binary, train_cfg.target_sensitivity
     )
@@ -310,6 +319,7 @@ def train_bundle(
     meta["data"]["leak_warnings"] = leaks
     # Grouped by patient: the threshold comes from distances of patients left out of the fit.
     train_patients = [record.patient for record in datasets["train"].records]
+    log.info("fitting the out-of-domain detector, writing the bundle")
     ood = OodDetector().fit(fitted.embeddings(datasets["train"]), groups=train_patients)
     bundle_dir = save_bundle(out_dir, model, meta, ood=ood)
     _write_plots(bundle_dir, result, proba, labels, index.classes, threshold, binary)
