@@ -37,7 +37,7 @@ from mpoxscan.data.splits import grouped_folds
 from mpoxscan.evaluation.metrics import binary_metrics, summarize_folds, to_jsonable
 from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig
 from mpoxscan.training.frozen_features import FeatureCache, embed_dataset
-from mpoxscan.training.train import build_model, load_index
+from mpoxscan.training.recipes import build_model, load_index
 
 KEYS = ("accuracy", "roc_auc", "sensitivity", "specificity", "log_loss")
 WD_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)

@@ -57,7 +57,7 @@ from mpoxscan.hashing import file_sha256
 from mpoxscan.models import create_model
 from mpoxscan.training.config import DataConfig, FeatureConfig
 from mpoxscan.training.frozen_features import render_view, view_seed
-from mpoxscan.training.train import load_index
+from mpoxscan.training.recipes import load_index
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "msld-v1"
 DEFAULT_CACHE = REPO_ROOT / "runs" / "multiscale-cache"

@@ -39,7 +39,7 @@ from mpoxscan.training.config import (
 )
 from mpoxscan.training.cv import fold_figures, run_fold, write_oof
 from mpoxscan.training.frozen_features import FeatureCache
-from mpoxscan.training.train import load_index
+from mpoxscan.training.recipes import load_index
 
 DATA = REPO_ROOT.parent / "shared/data/msld-v1"
 CACHE = REPO_ROOT / "runs/feature-cache"

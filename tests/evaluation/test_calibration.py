@@ -141,3 +141,19 @@ def test_choose_threshold_needs_positives_and_a_valid_target():
         choose_threshold([0, 0], [0.1, 0.2])
     with pytest.raises(ValueError, match="target_sensitivity"):
         choose_threshold([1, 0], [0.9, 0.2], target_sensitivity=0.0)
+
+
+def test_calibrate_logits_fits_on_validation_and_scores_with_the_same_temperature():
+    from mpoxscan.evaluation.calibration import calibrate_logits, calibrated_probabilities
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    logits = (3.0 * (2 * labels - 1) + rng.normal(0, 2, 200))[:, None]  # (n, 1), one logit
+    temperature, threshold, choice = calibrate_logits(logits, labels, True, 0.9)
+    assert temperature == pytest.approx(fit_temperature(logits[:, 0], labels, binary=True))
+    assert threshold == choice["threshold"] and 0 < threshold < 1
+    proba = calibrated_probabilities(logits, temperature, True)
+    np.testing.assert_allclose(proba, apply_temperature(logits[:, 0], temperature, True))
+    multi = rng.normal(size=(30, 3))
+    t, th, ch = calibrate_logits(multi, rng.integers(0, 3, 30), False, 0.9)
+    assert th == 0.5 and ch == {} and t > 0

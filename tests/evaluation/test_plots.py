@@ -87,3 +87,18 @@ def test_samples_grid(tmp_path):
     path = plots.plot_samples_grid(items, tmp_path / "grid.png", rows=4, cols=3)
     cell = plots.SAMPLE_CELL_SIZE
     _assert_png(path, (3 * cell, 4 * cell))
+
+
+def test_plot_test_results_writes_the_confusion_matrix_and_roc_of_binary_models(tmp_path):
+    labels = np.array([0, 0, 1, 1, 1])
+    proba = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.8, 0.2], [0.1, 0.9]])
+    written = plots.plot_test_results(tmp_path / "b", labels, proba, ["Others", "Mpox"], 0.5, True)
+    assert [p.name for p in written] == ["confusion_matrix.png", "roc.png"]
+    assert all(Image.open(p).size[0] > 100 for p in written)
+    predicted = plots.predicted_classes(proba, 0.65, True)
+    assert predicted.tolist() == [0, 0, 1, 0, 1]
+    assert plots.confusion_counts(labels, predicted, 2).tolist() == [[2, 0], [1, 2]]
+    multi = plots.plot_test_results(
+        tmp_path / "m", [0, 2], np.eye(3)[[0, 1]], list("abc"), 0.5, False
+    )
+    assert [p.name for p in multi] == ["confusion_matrix.png"]

@@ -6,7 +6,7 @@ import json
 from mpoxscan.data.datasets import fingerprint_records
 from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig
 from mpoxscan.training.cv import run_cv
-from mpoxscan.training.train import load_index
+from mpoxscan.training.recipes import load_index
 
 
 def test_cv_tests_every_photo_once_and_never_splits_a_patient(tiny_dataset, tmp_path):

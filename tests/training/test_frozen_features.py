@@ -29,7 +29,8 @@ from mpoxscan.training.frozen_features import (
     fit_frozen_head,
     frozen_logits,
 )
-from mpoxscan.training.train import build_model, train_bundle
+from mpoxscan.training.recipes import build_model
+from mpoxscan.training.train import train_bundle
 
 SIZE = 32  # EfficientNet-Lite0 runs at any size; 32 px keeps every forward pass cheap
 

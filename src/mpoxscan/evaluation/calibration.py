@@ -83,6 +83,40 @@ def apply_temperature(logits: ArrayLike, temperature: float, binary: bool) -> np
     return softmax(z / temperature, axis=1)
 
 
+def calibrate_logits(
+    logits: ArrayLike, labels: ArrayLike, binary: bool, target_sensitivity: float
+) -> tuple[float, float, dict[str, Any]]:
+    """Fit the temperature and pick the decision threshold, both on validation logits.
+
+    Args:
+        logits: ``(n, 1)`` for binary, ``(n, k)`` for multi-class (a tensor works too).
+        labels: ``(n,)`` class indices.
+        binary: whether ``logits`` holds one positive-class logit per row.
+        target_sensitivity: see :func:`choose_threshold`.
+
+    Returns:
+        ``(temperature, threshold, choice)``; multi-class keeps the threshold at 0.5 and
+        ``choice`` empty.
+    """
+    z, y = _logits_array(logits, binary), np.asarray(labels)
+    temperature = fit_temperature(z, y, binary=binary)
+    if not binary:
+        return temperature, 0.5, {}
+    p = apply_temperature(z, temperature, binary=True)[:, 1]
+    choice = choose_threshold(y, p, target_sensitivity=target_sensitivity)
+    return temperature, float(choice["threshold"]), choice
+
+
+def calibrated_probabilities(logits: ArrayLike, temperature: float, binary: bool) -> np.ndarray:
+    """Class probabilities ``(n, n_classes)`` from logits (a tensor works too) and ``T``."""
+    return apply_temperature(_logits_array(logits, binary), temperature, binary)
+
+
+def _logits_array(logits: ArrayLike, binary: bool) -> np.ndarray:
+    array = np.asarray(logits).astype(np.float64)
+    return array[:, 0] if binary else array
+
+
 def reliability_curve(y_true: ArrayLike, p: ArrayLike, n_bins: int = 10) -> dict[str, Any]:
     """Observed frequency against predicted probability in equal-width bins.
 

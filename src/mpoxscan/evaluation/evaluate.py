@@ -14,8 +14,8 @@ from mpoxscan.data.datasets import DatasetIndex, ImageRecord, fingerprint_record
 from mpoxscan.data.images import decode_image
 from mpoxscan.data.splits import split_dataset
 from mpoxscan.errors import DatasetError, InvalidImageError
-from mpoxscan.evaluation.metrics import binary_metrics, multiclass_metrics, to_jsonable
-from mpoxscan.evaluation.plots import plot_confusion_matrix, plot_roc
+from mpoxscan.evaluation.metrics import screening_metrics, to_jsonable
+from mpoxscan.evaluation.plots import plot_test_results
 from mpoxscan.inference.bundle import BundleMeta
 from mpoxscan.inference.predictor import Predictor
 
@@ -116,16 +116,12 @@ def evaluate_bundle(
             code="no_readable_photos",
         )
     labels = np.array([_label_in_bundle(r, index, predictor) for r in kept], dtype=int)
+    classes, threshold, binary = predictor.classes_, predictor.threshold_, not meta.multiclass
     groups = [r.patient for r in kept]
-    if meta.multiclass:
-        metrics = multiclass_metrics(labels, proba, predictor.classes_, groups=groups)
-        predicted = proba.argmax(axis=1)
-    else:
-        metrics = binary_metrics(labels, proba[:, 1], threshold=predictor.threshold_, groups=groups)
-        predicted = (proba[:, 1] >= predictor.threshold_).astype(int)
+    metrics = screening_metrics(labels, proba, classes, threshold, binary, groups)
     report = EvaluationReport(description, metrics, skipped=skipped)
     if plots_dir is not None and len(kept):
-        report.plots = _write_plots(plots_dir, labels, predicted, proba, predictor, meta)
+        report.plots = plot_test_results(plots_dir, labels, proba, classes, threshold, binary)
     return report
 
 
@@ -133,15 +129,3 @@ def _label_in_bundle(record: ImageRecord, index: DatasetIndex, predictor: Predic
     if index.multiclass:
         return predictor.classes_.index(record.class_name)
     return int(record.class_name == predictor.positive_class_)
-
-
-def _write_plots(plots_dir, labels, predicted, proba, predictor, meta) -> list[Path]:
-    plots_dir = Path(plots_dir)
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    n = len(predictor.classes_)
-    matrix = np.zeros((n, n), dtype=int)
-    np.add.at(matrix, (labels, predicted), 1)
-    paths = [plot_confusion_matrix(matrix, predictor.classes_, plots_dir / "confusion_matrix.png")]
-    if not meta.multiclass:
-        paths.append(plot_roc(labels, proba[:, 1], plots_dir / "roc.png"))
-    return [Path(p) for p in paths]

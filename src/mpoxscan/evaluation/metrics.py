@@ -135,6 +135,30 @@ def binary_metrics(
     return result
 
 
+def screening_metrics(
+    labels: ArrayLike,
+    proba: np.ndarray,
+    classes: Sequence[str],
+    threshold: float,
+    binary: bool,
+    groups: Sequence[str],
+) -> dict[str, Any]:
+    """The metrics of a test set: :func:`binary_metrics` at ``threshold`` on the positive
+    class's probability, or :func:`multiclass_metrics`; bootstrap intervals by patient.
+
+    Args:
+        labels: true class indices (binary: 1 is the positive class).
+        proba: ``(n, n_classes)`` probabilities.
+        classes: class names in output order.
+        threshold: decision threshold (binary only).
+        binary: one positive class against the rest.
+        groups: the patient of every photo.
+    """
+    if binary:
+        return binary_metrics(labels, proba[:, 1], threshold=threshold, groups=groups)
+    return multiclass_metrics(labels, proba, classes, groups=groups)
+
+
 def bootstrap_ci(
     y_true: ArrayLike,
     p: ArrayLike,

@@ -117,6 +117,50 @@ def plot_confusion_matrix(
     return _save(fig, path)
 
 
+def predicted_classes(proba: np.ndarray, threshold: float, binary: bool) -> np.ndarray:
+    """The class each photo is called: positive at ``p >= threshold`` (binary), else argmax."""
+    if binary:
+        return (proba[:, 1] >= threshold).astype(int)
+    return proba.argmax(axis=1)
+
+
+def confusion_counts(labels: ArrayLike, predicted: ArrayLike, n_classes: int) -> np.ndarray:
+    """``(n_classes, n_classes)`` counts, rows = true class, columns = predicted class."""
+    matrix = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(matrix, (np.asarray(labels).astype(int), np.asarray(predicted).astype(int)), 1)
+    return matrix
+
+
+def plot_test_results(
+    out_dir: str | Path,
+    labels: ArrayLike,
+    proba: np.ndarray,
+    classes: Sequence[str],
+    threshold: float,
+    binary: bool,
+) -> list[Path]:
+    """Write ``confusion_matrix.png`` (at ``threshold``) and, for binary models, ``roc.png``.
+
+    Args:
+        out_dir: the folder (created when needed).
+        labels: true class indices.
+        proba: ``(n, n_classes)`` probabilities.
+        classes: class names in output order.
+        threshold: the decision threshold (binary only).
+        binary: one positive class against the rest.
+
+    Returns:
+        The files written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    matrix = confusion_counts(labels, predicted_classes(proba, threshold, binary), len(classes))
+    paths = [plot_confusion_matrix(matrix, classes, out / "confusion_matrix.png")]
+    if binary:
+        paths.append(plot_roc(labels, proba[:, 1], out / "roc.png"))
+    return paths
+
+
 def plot_roc(
     y: Any,
     p: Any,

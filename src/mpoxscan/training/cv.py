@@ -24,6 +24,7 @@ from mpoxscan.data.splits import Fold, Split, grouped_folds
 from mpoxscan.evaluation.metrics import (
     SUMMARY_METRICS,
     binary_metrics,
+    screening_metrics,
     summarize_folds,
     to_jsonable,
 )
@@ -36,14 +37,12 @@ from mpoxscan.training.config import (
 )
 from mpoxscan.training.frozen_features import FeatureCache
 from mpoxscan.training.loop import num_outputs_of
-from mpoxscan.training.train import (
+from mpoxscan.training.recipes import (
     build_model,
-    calibrate_logits,
-    calibrated,
+    calibrate_and_score,
     fit_recipe,
     load_index,
     num_outputs_for,
-    split_metrics,
     warn_about_leaks,
 )
 
@@ -83,22 +82,21 @@ def run_fold(
         show_progress=show_progress,
     )
     result = fitted.result
-    temperature, threshold, _ = calibrate_logits(
-        *fitted.logits(val_ds), binary, train_cfg.target_sensitivity
-    )
-    proba, labels = calibrated(*fitted.logits(test_ds), temperature, binary)
+    scored = calibrate_and_score(fitted, val_ds, test_ds, binary, train_cfg.target_sensitivity)
+    proba, labels, threshold = scored.proba, scored.labels, scored.threshold
     records = test_ds.records
+    patients = [r.patient for r in records]
     entry = {
         "fold": fold.index,
         "repeat": fold.repeat,
         "best_epoch": result.best_epoch,
-        "temperature": temperature,
+        "temperature": scored.temperature,
         "threshold": threshold,
         # Accuracy-style figures at p = 0.5, comparable with the published ones ...
-        "metrics": split_metrics(proba, labels, records, index.classes, 0.5, binary),
+        "metrics": screening_metrics(labels, proba, index.classes, 0.5, binary, patients),
         # ... and the screening operating point chosen on this fold's validation part.
-        "screening_metrics": split_metrics(
-            proba, labels, records, index.classes, threshold, binary
+        "screening_metrics": screening_metrics(
+            labels, proba, index.classes, threshold, binary, patients
         ),
         "history": result.history,
         "n_test_images": len(records),
