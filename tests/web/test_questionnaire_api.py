@@ -159,6 +159,14 @@ def test_bad_answers_get_a_clear_422(client, answers):
         assert sent not in message  # what was sent is never echoed
 
 
+def test_answers_too_long_or_sent_as_a_file_are_refused_not_ignored(client):
+    long_text = json.dumps({"rash": "yes", "padding": "x" * 2000})
+    assert_invalid_answers(client.post("/api/v1/predict", files=[("answers", (None, long_text))]))
+    as_file = [("answers", ("answers.json", json.dumps({"rash": "yes"}), "application/json"))]
+    message = assert_invalid_answers(client.post("/api/v1/predict", files=as_file))
+    assert "text part" in message
+
+
 def test_bad_answers_are_refused_before_any_photo_is_analysed(client):
     files = [("file", ("photo.jpg", b"not even a photo", "image/jpeg"))]
     response = client.post("/api/v1/predict", files=[*answers_part({"rash": 1}), *files])

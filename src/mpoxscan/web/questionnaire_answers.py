@@ -8,7 +8,6 @@ they live in memory for the one request and are never logged, stored or echoed i
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 
 from mpoxscan.errors import InvalidAnswersError
 from mpoxscan.inference.predictor import Predictor
@@ -16,25 +15,34 @@ from mpoxscan.questionnaire import Answers, advise, answers_from_form, default_r
 from mpoxscan.web.api_errors import ApiError
 from mpoxscan.web.schemas import CombinedResult, FiredRule, PredictResponse, QuestionnaireResult
 from mpoxscan.web.service import Analysis, model_info
+from mpoxscan.web.uploads import UploadForm
 
 #: The multipart text part that carries the answers as a JSON object.
 ANSWERS_FIELD = "answers"
 
 
-def has_answers(fields: Mapping[str, str]) -> bool:
-    """Whether a form carries questionnaire answers (JSON part or form fields)."""
-    return ANSWERS_FIELD in fields or any(name.startswith("q.") for name in fields)
+def has_answers(form: UploadForm) -> bool:
+    """Whether a form carries questionnaire answers (JSON part or form fields), kept or not."""
+    names = set(form.fields) | form.dropped
+    return ANSWERS_FIELD in names or any(name.startswith("q.") for name in names)
 
 
-def read_answers(fields: Mapping[str, str]) -> Answers | None:
+def read_answers(form: UploadForm) -> Answers | None:
     """The checked answers of a request, or ``None`` when it has none.
 
     Raises:
-        ApiError: ``invalid_answers`` (422) when the JSON does not parse or an answer is not
-            one the questions allow; the message never repeats what was sent.
+        ApiError: ``invalid_answers`` (422) when the JSON does not parse, an answer is not one
+            the questions allow, or the answers part was too long or sent as a file (rather
+            than being ignored); the message never repeats what was sent.
     """
     rules = default_rules()
+    fields = form.fields
     try:
+        if ANSWERS_FIELD in form.dropped or any(n.startswith("q.") for n in form.dropped):
+            raise InvalidAnswersError(
+                f'The "{ANSWERS_FIELD}" part could not be read: send it as a text part (no '
+                "file name) of at most 1 KiB, holding a JSON object of question id -> answer."
+            )
         if ANSWERS_FIELD in fields:
             try:
                 raw = json.loads(fields[ANSWERS_FIELD])

@@ -49,6 +49,8 @@ class UploadForm:
 
     files: list[Upload] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
+    #: Names of text parts not kept: over the size limit, past the count, or sent as a file.
+    dropped: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -139,6 +141,8 @@ class _FormCollector:
             part.upload = Upload()
         elif not part.has_filename and len(self.form.fields) < _MAX_FIELDS:
             part.text = bytearray()
+        else:
+            self.form.dropped.add(part.name)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self._part
@@ -155,6 +159,7 @@ class _FormCollector:
         elif part.text is not None:
             if len(part.text) + length > _MAX_FIELD_BYTES:
                 part.text = None
+                self.form.dropped.add(part.name)
             else:
                 part.text += data[start:end]
 

@@ -157,7 +157,7 @@ async def read_photos(
         max_parts=settings.max_parts,
         max_seconds=settings.max_upload_seconds,
     )
-    if not form.files and not (answers_allowed and has_answers(form.fields)):
+    if not form.files and not (answers_allowed and has_answers(form)):
         raise ApiError(
             "no_file", 'No photo was sent; add at least one multipart part named "file".'
         )
@@ -179,7 +179,7 @@ async def analyse_form(
     Raises:
         ApiError: ``invalid_answers``, or a photo's error when the request has a single photo.
     """
-    answers = read_answers(form.fields)
+    answers = read_answers(form)
     if not form.files:
         analysis = answers_only(predictor)
     else:
