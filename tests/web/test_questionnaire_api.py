@@ -227,6 +227,7 @@ def answer_logs(web_bundle) -> str:
     return logs
 
 
+@pytest.mark.slow  # starts a real server (about 40 s on a busy 2-core machine)
 def test_logs_hold_nothing_of_the_answers_or_the_advice(answer_logs):
     for secret in (SECRET_KEY, SECRET_JSON, *TELLING, *TELLING_ADVICE, '"answers"', "q.sites"):
         assert secret not in answer_logs
