@@ -9,6 +9,9 @@ layer is its top-level name under ``mpoxscan`` (``mpoxscan.inference.bundle`` is
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -238,3 +241,43 @@ def test_the_internals_check_finds_attributes_and_hasattr(tmp_path):
         "recipe.py:2 ._blocks",
         "recipe.py:2 hasattr(..., 'head_act')",
     ]
+
+
+def _imports_at_module_level(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+#: Only web/ may import these (the library stays usable without a web server).
+WEB_ONLY = frozenset({"fastapi", "starlette"})
+
+
+def test_only_web_imports_fastapi():
+    outside = [p for p in (SRC / PACKAGE).rglob("*.py") if "web" not in p.parts]
+    found = []
+    for path in outside:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            found += [f"{path.name}: {m}" for m in modules if m.split(".")[0] in WEB_ONLY]
+    assert found == []
+
+
+def test_the_cli_and_onnx_serving_do_not_import_torch_when_loaded():
+    # The CLI answers --help, and ONNX serving predicts, without loading PyTorch.
+    assert "torch" not in _imports_at_module_level(SRC / PACKAGE / "cli.py")
+    code = (
+        "import sys, mpoxscan.cli, mpoxscan.inference.predictor, mpoxscan.inference.batch; "
+        "print('torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "False", out.stderr
