@@ -26,6 +26,30 @@ def make_lesion_photo(positive: bool, seed: int, size: int = 96) -> Image.Image:
     patches, each on a randomly tinted skin background.
     """
     rng = np.random.default_rng(seed)
+    img = _skin_photo(rng, size)
+    draw = ImageDraw.Draw(img)
+    if positive:
+        for _ in range(int(rng.integers(8, 14))):
+            x, y = rng.integers(4, size - 4, 2)
+            r = int(rng.integers(2, 5))
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=(200, 60, 60))
+            draw.ellipse([x - 1, y - 1, x + 1, y + 1], fill=(60, 20, 20))
+    else:
+        for _ in range(int(rng.integers(1, 3))):
+            x, y = rng.integers(10, size - 10, 2)
+            r = int(rng.integers(8, 14))
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=(240, 200, 190))
+    return img
+
+
+def make_healthy_skin_photo(seed: int, size: int = 96) -> Image.Image:
+    """Draw a skin-coloured photo without any lesion (the background of
+    :func:`make_lesion_photo`)."""
+    return _skin_photo(np.random.default_rng(seed), size)
+
+
+def _skin_photo(rng: np.random.Generator, size: int) -> Image.Image:
+    """A randomly tinted, unevenly lit patch of skin."""
     skin = rng.integers([150, 100, 80], [235, 180, 150])
     noise = rng.normal(0, 6, (size, size, 3))
     # A random lighting gradient and blotches make every photo distinct to a perceptual hash,
@@ -40,20 +64,7 @@ def make_lesion_photo(positive: bool, seed: int, size: int = 96) -> Image.Image:
         )
     light = light[..., None]
     pixels = np.clip(skin + noise + light, 0, 255).astype(np.uint8)
-    img = Image.fromarray(pixels, "RGB")
-    draw = ImageDraw.Draw(img)
-    if positive:
-        for _ in range(int(rng.integers(8, 14))):
-            x, y = rng.integers(4, size - 4, 2)
-            r = int(rng.integers(2, 5))
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=(200, 60, 60))
-            draw.ellipse([x - 1, y - 1, x + 1, y + 1], fill=(60, 20, 20))
-    else:
-        for _ in range(int(rng.integers(1, 3))):
-            x, y = rng.integers(10, size - 10, 2)
-            r = int(rng.integers(8, 14))
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=(240, 200, 190))
-    return img
+    return Image.fromarray(pixels, "RGB")
 
 
 def write_class_folder(

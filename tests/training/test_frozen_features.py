@@ -44,13 +44,7 @@ def frozen_cfg(head: str = "logreg", views: int = 3, tta: bool = False, **featur
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: the many tiny forward passes here ran 20x slower with two on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

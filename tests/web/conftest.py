@@ -17,6 +17,12 @@ def web_bundle(tmp_path_factory) -> Path:
     return build_test_bundle(tmp_path_factory.mktemp("web-bundle") / "bundle")
 
 
+@pytest.fixture(scope="session")
+def no_lesion_bundle(tmp_path_factory) -> Path:
+    """The small real bundle with a "no lesion seen" head, built once per test session."""
+    return build_test_bundle(tmp_path_factory.mktemp("no-lesion-bundle") / "bundle", no_lesion=True)
+
+
 @pytest.fixture(scope="module")
 def web_settings(web_bundle):
     """Settings with small limits, so the limit tests need only small payloads."""

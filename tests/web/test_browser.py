@@ -20,7 +20,7 @@ from pathlib import Path
 import pillow_heif
 import pytest
 from PIL import Image
-from web_support import MSLD_DIR, cat_jpeg, lesion_jpeg
+from web_support import MSLD_DIR, cat_jpeg, healthy_jpeg, lesion_jpeg
 
 pytestmark = pytest.mark.browser
 
@@ -64,12 +64,22 @@ def served_bundle(web_bundle) -> tuple[Path, bool]:
 @pytest.fixture(scope="module")
 def base_url(served_bundle) -> Iterator[str]:
     """The real app under uvicorn on a free local port, in a background thread."""
+    yield from _serve(served_bundle[0])
+
+
+@pytest.fixture(scope="module")
+def no_lesion_url(no_lesion_bundle) -> Iterator[str]:
+    """The app serving the small bundle with a "no lesion seen" head."""
+    yield from _serve(no_lesion_bundle)
+
+
+def _serve(bundle_dir: Path) -> Iterator[str]:
     import uvicorn
 
     from mpoxscan.web.app import create_app
     from mpoxscan.web.settings import Settings
 
-    app = create_app(Settings(bundle_dir=served_bundle[0], rate_limit_per_minute=0))
+    app = create_app(Settings(bundle_dir=bundle_dir, rate_limit_per_minute=0))
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
@@ -328,5 +338,62 @@ def test_phone_layout_has_no_sideways_scrolling(browser, base_url, photos):
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         page.locator("table.metrics").first.scroll_into_view_if_needed()
         shoot(page, "11-phone-model-card", full_page=False)
+    finally:
+        context.close()
+
+
+def wait_until_checked(page, timeout: float = 60.0) -> None:
+    """Poll from Python until the form is no longer busy (the page's CSP forbids eval)."""
+    page.wait_for_selector("#status-text:not(:empty)")
+    deadline = time.monotonic() + timeout
+    while page.locator("#upload-form[aria-busy]").count():
+        if time.monotonic() > deadline:
+            pytest.fail("the photos were not checked in time")
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(("lang", "texts"), [("en", EN), ("zh-CN", ZH)])
+def test_healthy_skin_gets_the_no_lesion_outcome(page, no_lesion_url, tmp_path, lang, texts):
+    healthy, lesion = tmp_path / "healthy.jpg", tmp_path / "lesion.jpg"
+    healthy.write_bytes(healthy_jpeg(seed=90_101, size=224))
+    lesion.write_bytes(lesion_jpeg(seed=90_102, size=224))
+    page.goto(f"{no_lesion_url}/")
+    if lang != "en":
+        page.click(f"a[data-lang='{lang}']")
+        page.wait_for_selector(f"html[lang='{lang}']")
+    page.set_input_files("#file-input", str(healthy))
+    page.click("#submit")
+    wait_until_checked(page)
+    overall = page.locator(".overall")
+    assert overall.locator(".band-badge").inner_text() == texts["outcome.no_lesion"]
+    assert texts["outcome.no_lesion.summary"] in overall.inner_text()
+    assert texts["result.retake_all"] not in overall.inner_text()
+    assert texts["photo.no_lesion"] in page.locator(".photo-card.status-no_lesion").inner_text()
+    shoot(page, f"13-no-lesion-{lang}")
+    # With a lesion photo beside it, the lesion makes the overall result.
+    page.goto(f"{no_lesion_url}/")
+    page.set_input_files("#file-input", [str(healthy), str(lesion)])
+    page.click("#submit")
+    wait_until_checked(page)
+    assert page.locator(".photo-card").count() == 2
+    assert page.locator(".photo-card.status-no_lesion").count() == 1
+    assert page.locator(".overall .band-badge").inner_text() == texts["band.low"]
+
+
+def test_the_page_without_javascript_shows_no_lesion(browser, no_lesion_url, tmp_path):
+    healthy = tmp_path / "healthy.jpg"
+    healthy.write_bytes(healthy_jpeg(seed=90_103, size=224))
+    context = browser.new_context(java_script_enabled=False, base_url=no_lesion_url)
+    page = context.new_page()
+    try:
+        page.goto("/")
+        page.set_input_files("#file-input", str(healthy))
+        page.click("#submit")
+        page.wait_for_selector("#results-title")
+        overall = page.locator(".overall")
+        assert overall.locator(".band-badge").inner_text() == EN["outcome.no_lesion"]
+        assert EN["outcome.no_lesion.retake"] in overall.inner_text()
+        assert EN["photo.no_lesion"] in page.locator(".photo-card.status-no_lesion").inner_text()
+        shoot(page, "14-no-lesion-no-js")
     finally:
         context.close()

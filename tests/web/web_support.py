@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 # The web tests take the shared test data from here too.
-from testdata import MSLD_DIR, make_lesion_photo  # noqa: F401
+from testdata import MSLD_DIR, make_healthy_skin_photo, make_lesion_photo  # noqa: F401
 
 IMAGE_SIZE = 64
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -69,9 +69,24 @@ def _embed(model, photos: list[Image.Image]) -> np.ndarray:
         return model.embed((pixels - mean) / std).numpy()
 
 
-def build_test_bundle(out_dir: Path) -> Path:
-    """Save a small real bundle (see the module docstring) into ``out_dir``."""
+def healthy_jpeg(seed: int, size: int = 160) -> bytes:
+    """A generated photo of skin without a lesion, as JPEG bytes."""
+    return jpeg_bytes(make_healthy_skin_photo(seed=seed, size=size), quality=92)
+
+
+def build_test_bundle(out_dir: Path, *, no_lesion: bool = False) -> Path:
+    """Save a small real bundle (see the module docstring) into ``out_dir``.
+
+    With ``no_lesion``, the bundle also has a "no lesion seen" head fitted on generated
+    healthy-skin photos against generated lesion photos (its threshold chosen on other
+    generated photos), its out-of-domain detector knows both kinds, and its screening head
+    answers "low" for every photo (bias -30), so the no-lesion head alone decides between
+    ``ok`` and ``no_lesion``.
+    """
+    import torch
+
     from mpoxscan.inference.bundle import save_bundle
+    from mpoxscan.inference.no_lesion import NoLesionDetector
     from mpoxscan.inference.quality import OodDetector
     from mpoxscan.models.registry import create_model
 
@@ -80,6 +95,22 @@ def build_test_bundle(out_dir: Path) -> Path:
     ).eval()
     train = [make_lesion_photo(i % 2 == 0, seed=70_000 + i) for i in range(48)]
     held_out = [make_lesion_photo(i % 2 == 0, seed=80_000 + i, size=160) for i in range(24)]
+    detector = None
+    if no_lesion:
+        with torch.no_grad():
+            model.head[-1].bias.fill_(-30.0)
+        healthy = [make_healthy_skin_photo(seed=71_000 + i) for i in range(24)]
+        healthy_val = [make_healthy_skin_photo(seed=81_000 + i, size=160) for i in range(12)]
+        # The generated "negative" photos (one or two pale patches) are too close to plain
+        # skin for a 64-pixel model; the lesions here are the many-pustule photos.
+        lesions, lesions_val = train[::2], held_out[::2]
+        detector = NoLesionDetector().fit(
+            _embed(model, lesions + healthy),
+            [False] * len(lesions) + [True] * len(healthy),
+            _embed(model, lesions_val + healthy_val),
+            [False] * len(lesions_val) + [True] * len(healthy_val),
+        )
+        train, held_out = train + healthy, held_out + healthy_val
     fitted = OodDetector().fit(_embed(model, train))
     # With 48 photos and 1280 features the training distances are optimistic; the threshold
     # comes from held-out photos of the same kind instead, with the detector's usual margin.
@@ -118,4 +149,4 @@ def build_test_bundle(out_dir: Path) -> Path:
             },
         },
     }
-    return save_bundle(out_dir, model, meta, ood=ood)
+    return save_bundle(out_dir, model, meta, ood=ood, no_lesion=detector)

@@ -32,6 +32,7 @@ from mpoxscan.hashing import file_sha256
 if TYPE_CHECKING:
     from torch import nn
 
+    from mpoxscan.inference.no_lesion import NoLesionDetector
     from mpoxscan.inference.quality import OodDetector
 
 FORMAT_VERSION = 1
@@ -39,6 +40,7 @@ META_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
 OOD_FILE = "ood.safetensors"
+NO_LESION_FILE = "no_lesion.safetensors"
 
 #: Keys that ``save_bundle`` needs in ``meta``; the others have defaults.
 REQUIRED_META_KEYS = ("architecture", "classes", "preprocessing")
@@ -180,6 +182,7 @@ def save_bundle(
     meta: Mapping[str, Any],
     *,
     ood: OodDetector | None = None,
+    no_lesion: NoLesionDetector | None = None,
     extra_files: Iterable[str | Path] = (),
 ) -> Path:
     """Write a model bundle: ``model.safetensors``, optional ``ood.safetensors``, ``model.json``.
@@ -198,6 +201,7 @@ def save_bundle(
             ``created``, ``files`` and ``ood`` are filled in here. Dataclasses, numpy
             values and paths are converted to JSON; NaN and infinities become ``null``.
         ood: a fitted out-of-domain detector to store with the model.
+        no_lesion: a fitted "no lesion seen" head to store with the model.
         extra_files: more files to copy into the bundle and hash (e.g. ``curves.png``).
 
     Returns:
@@ -216,6 +220,11 @@ def save_bundle(
     else:
         (out / OOD_FILE).unlink(missing_ok=True)
         full_meta["ood"] = None
+    (out / NO_LESION_FILE).unlink(missing_ok=True)
+    full_meta["no_lesion"] = None
+    if no_lesion is not None:
+        full_meta["no_lesion"] = _save_no_lesion(out, no_lesion)
+        names.append(NO_LESION_FILE)
     names.extend(_copy_into(out, Path(extra)) for extra in extra_files)
 
     full_meta["files"] = {name: file_sha256(out / name) for name in names}
@@ -302,27 +311,62 @@ def load_ood_detector(bundle_dir: str | Path, meta: BundleMeta) -> OodDetector |
     Returns:
         The fitted :class:`~mpoxscan.inference.quality.OodDetector`, or ``None``.
     """
+    from mpoxscan.inference.quality import OodDetector
+
+    return _load_side_model(
+        bundle_dir, meta, "ood", OOD_FILE, "out-of-domain detector", OodDetector.from_tensors
+    )
+
+
+def load_no_lesion_detector(bundle_dir: str | Path, meta: BundleMeta) -> NoLesionDetector | None:
+    """Load the bundle's "no lesion seen" head, or ``None`` when it has none.
+
+    Args:
+        bundle_dir: the bundle folder.
+        meta: its validated metadata (from :func:`read_bundle_meta`).
+
+    Returns:
+        The fitted :class:`~mpoxscan.inference.no_lesion.NoLesionDetector`, or ``None``.
+    """
+    from mpoxscan.inference.no_lesion import NoLesionDetector
+
+    return _load_side_model(
+        bundle_dir,
+        meta,
+        "no_lesion",
+        NO_LESION_FILE,
+        "no-lesion head",
+        NoLesionDetector.from_tensors,
+    )
+
+
+def _load_side_model(
+    bundle_dir: str | Path,
+    meta: BundleMeta,
+    key: str,
+    default_file: str,
+    what: str,
+    build: Callable[..., Any],
+) -> Any:
+    """A model stored beside the network (``meta[key]`` names its file and threshold)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from mpoxscan.inference.quality import OodDetector
-
-    ood_meta = meta.ood
-    if not ood_meta:
+    side_meta = meta.get(key)
+    if not side_meta:
         return None
-    name = ood_meta.get("file", OOD_FILE)
-    if name not in meta.files:
+    name = side_meta.get("file", default_file)
+    if name not in meta.get("files", {}):
         raise BundleError(
-            f"model.json in {bundle_dir} describes an out-of-domain detector but does not "
+            f"model.json in {bundle_dir} describes a {what} but does not "
             f"list its file {name!r}. Re-export the bundle."
         )
     try:
         tensors = load_file(Path(bundle_dir) / name)
-        return OodDetector.from_tensors(tensors, threshold=float(ood_meta["threshold"]))
+        return build(tensors, threshold=float(side_meta["threshold"]))
     except (SafetensorError, KeyError, ValueError, OSError) as err:
         raise BundleError(
-            f"The out-of-domain detector {Path(bundle_dir) / name} cannot be read ({err}). "
-            "Re-export the bundle."
+            f"The {what} {Path(bundle_dir) / name} cannot be read ({err}). Re-export the bundle."
         ) from err
 
 
@@ -423,6 +467,21 @@ def _check_new_name(bundle: Path, name: str) -> None:
         raise BundleError(f"Cannot add {name!r} to {bundle}: it is outside the bundle.")
     if Path(name).suffix.lower() in PICKLE_SUFFIXES:
         raise BundleError(f"Refusing to add {name}: bundles never carry pickle files.")
+
+
+def _save_no_lesion(out: Path, detector: NoLesionDetector) -> dict[str, Any]:
+    from safetensors.numpy import save_file
+
+    tensors = detector.to_tensors()
+    _write_atomic(out / NO_LESION_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    return {
+        "file": NO_LESION_FILE,
+        "method": "logistic-regression-on-embedding",
+        "threshold": float(detector.threshold_),
+        "max_lesion_rate": float(detector.max_lesion_rate),
+        "validation": getattr(detector, "validation_", None),
+        "dim": int(tensors["weight"].shape[0]),
+    }
 
 
 def _copy_into(bundle: Path, path: Path) -> str:

@@ -23,9 +23,11 @@ from mpoxscan.errors import BundleError
 from mpoxscan.inference.bundle import (
     ONNX_FILE,
     BundleMeta,
+    load_no_lesion_detector,
     load_ood_detector,
     read_bundle_meta,
 )
+from mpoxscan.inference.no_lesion import NoLesionDetector
 from mpoxscan.inference.quality import (
     OodDetector,
     QualityIssue,
@@ -146,12 +148,17 @@ class Prediction:
         probabilities: every class's probability.
         band: ``"low" | "uncertain" | "high"`` from :func:`screening_band`; ``None`` when the
             bundle has no positive class.
+        no_lesion: the bundle's "no lesion seen" head says the photo shows skin without a
+            lesion, and the band is ``"low"`` (never set for an uncertain or high photo).
+        no_lesion_probability: that head's probability, ``None`` without such a head.
     """
 
     label: str
     probability: float | None
     probabilities: dict[str, float]
     band: str | None
+    no_lesion: bool = False
+    no_lesion_probability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -160,6 +167,8 @@ class Prediction:
             "probability": self.probability,
             "probabilities": dict(self.probabilities),
             "band": self.band,
+            "no_lesion": self.no_lesion,
+            "no_lesion_probability": self.no_lesion_probability,
         }
 
 
@@ -206,6 +215,7 @@ class Predictor:
         backend_: ``"onnx"`` or ``"torch"``.
         image_size_: the input side photos are resized to.
         ood_: the out-of-domain detector, or ``None``.
+        no_lesion_: the "no lesion seen" head, or ``None``.
     """
 
     def __init__(
@@ -264,6 +274,7 @@ class Predictor:
         self.image_size_ = meta.preprocessing.image_size
         self.binary_ = meta.binary
         self.ood_: OodDetector | None = load_ood_detector(bundle, meta)
+        self.no_lesion_: NoLesionDetector | None = load_no_lesion_detector(bundle, meta)
         self.backend_ = "onnx" if backend == "onnx" or (backend == "auto" and has_onnx) else "torch"
         # Re-entrant: explain() holds it around Grad-CAM (whose hooks would also catch a
         # concurrent forward pass) and loads the model under it.
@@ -342,7 +353,17 @@ class Predictor:
 
     def predict_many(self, images: Sequence[PhotoInput]) -> list[Prediction]:
         """Predict photos in batches (no photo checks; see :meth:`assess_many`)."""
-        return [self.to_prediction(row) for row in self.predict_proba(images)]
+        probabilities, embeddings = self._run_images(list(images))
+        return self._predictions(probabilities, embeddings)
+
+    def _predictions(self, probabilities: np.ndarray, embeddings: np.ndarray) -> list[Prediction]:
+        """Predictions from model outputs, with the no-lesion head's answer when there is one."""
+        no_lesion = (
+            self.no_lesion_.probability(embeddings)
+            if self.no_lesion_ is not None and len(probabilities)
+            else [None] * len(probabilities)
+        )
+        return [self.to_prediction(row, p) for row, p in zip(probabilities, no_lesion, strict=True)]
 
     def embed(self, images: Sequence[PhotoInput]) -> np.ndarray:
         """Pooled embeddings ``(N, C)`` of photos (the out-of-domain detector's input)."""
@@ -372,12 +393,13 @@ class Predictor:
                 passed.append(i)
         probabilities, embeddings = self._run_images([images[i] for i in passed])
         distances = self.ood_.distance(embeddings) if self.ood_ is not None and passed else None
+        predictions = self._predictions(probabilities, embeddings) if passed else []
         for j, i in enumerate(passed):
             distance = None if distances is None else float(distances[j])
             if distance is not None and distance > self.ood_.threshold_:
                 results[i] = Assessment(False, [out_of_domain_issue()], None, distance)
             else:
-                results[i] = Assessment(True, [], self.to_prediction(probabilities[j]), distance)
+                results[i] = Assessment(True, [], predictions[j], distance)
         return results  # type: ignore[return-value]  # every slot is filled above
 
     def explain(self, image: Image.Image, target: str | None = None) -> np.ndarray:
@@ -420,11 +442,15 @@ class Predictor:
             return int(np.argmax(self.predict_proba([image])[0]))
         return self.classes_.index(name)
 
-    def to_prediction(self, row: np.ndarray) -> Prediction:
+    def to_prediction(
+        self, row: np.ndarray, no_lesion_probability: float | None = None
+    ) -> Prediction:
         """Turn one row of class probabilities (from :meth:`predict_pixels`) into a Prediction.
 
         Binary bundles label the positive class when its probability reaches ``threshold_``;
-        multi-class ones take the most probable class.
+        multi-class ones take the most probable class. ``no_lesion_probability`` (from the
+        bundle's no-lesion head) marks a "low" photo as showing no lesion when it reaches the
+        head's threshold.
         """
         # float32 rounding can step a hair outside [0, 1]
         row = np.clip(row, 0.0, 1.0)
@@ -437,4 +463,18 @@ class Predictor:
         else:
             label = self.classes_[int(np.argmax(row))]
         band = None if probability is None else screening_band(probability, self.threshold_)
-        return Prediction(label, probability, probabilities, band)
+        no_lesion = (
+            no_lesion_probability is not None
+            and band == "low"
+            and no_lesion_probability >= self.no_lesion_.threshold_
+        )
+        return Prediction(
+            label,
+            probability,
+            probabilities,
+            band,
+            no_lesion=bool(no_lesion),
+            no_lesion_probability=None
+            if no_lesion_probability is None
+            else float(no_lesion_probability),
+        )

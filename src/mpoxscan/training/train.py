@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from mpoxscan.data.datasets import DatasetIndex, ImageRecord, fingerprint_records
@@ -16,6 +17,7 @@ from mpoxscan.data.splits import Split, split_dataset
 from mpoxscan.evaluation.metrics import screening_metrics, to_jsonable
 from mpoxscan.evaluation.plots import plot_test_results, plot_training_curves
 from mpoxscan.inference.bundle import save_bundle
+from mpoxscan.inference.no_lesion import NoLesionDetector, is_no_lesion_class
 from mpoxscan.inference.quality import OodDetector
 from mpoxscan.training.config import (
     DataConfig,
@@ -117,8 +119,12 @@ def train_bundle(
     # Grouped by patient: the threshold comes from distances of patients left out of the fit.
     train_patients = [record.patient for record in datasets["train"].records]
     log.info("fitting the out-of-domain detector, writing the bundle")
-    ood = OodDetector().fit(fitted.embeddings(datasets["train"]), groups=train_patients)
-    bundle_dir = save_bundle(out_dir, model, meta, ood=ood)
+    train_embeddings = fitted.embeddings(datasets["train"])
+    ood = OodDetector().fit(train_embeddings, groups=train_patients)
+    no_lesion = fit_no_lesion_head(
+        train_embeddings, datasets["train"], fitted.embeddings(datasets["val"]), datasets["val"]
+    )
+    bundle_dir = save_bundle(out_dir, model, meta, ood=ood, no_lesion=no_lesion)
     plot_training_curves(result.history, bundle_dir / "curves.png")
     plot_test_results(
         bundle_dir, scored.labels, scored.proba, index.classes, scored.threshold, binary
@@ -127,6 +133,25 @@ def train_bundle(
 
 
 _SPLITS = ("train", "val", "test")
+
+
+def fit_no_lesion_head(
+    train_embeddings: np.ndarray,
+    train_ds: ImageDataset,
+    val_embeddings: np.ndarray,
+    val_ds: ImageDataset,
+) -> NoLesionDetector | None:
+    """Fit the "no lesion seen" head when the photos include skin without a lesion.
+
+    Photos of class folders named like "Healthy" (:func:`is_no_lesion_class`) are the no-lesion
+    class, every other photo a lesion; the threshold is chosen on the validation photos.
+    Returns ``None`` (no head) unless both splits have both kinds.
+    """
+    y_train = np.array([is_no_lesion_class(r.class_name) for r in train_ds.records], dtype=bool)
+    y_val = np.array([is_no_lesion_class(r.class_name) for r in val_ds.records], dtype=bool)
+    if y_train.all() or not y_train.any() or y_val.all() or not y_val.any():
+        return None
+    return NoLesionDetector().fit(train_embeddings, y_train, val_embeddings, y_val)
 
 
 def _bundle_meta(

@@ -39,11 +39,11 @@ class AuditRecord:
         photo_index: the photo's 0-based position in the request.
         image_sha256: SHA-256 of the uploaded file's bytes (``None`` when it was over the size
             limit, so never held).
-        status: ``ok``, ``retake`` or ``error``.
+        status: ``ok``, ``no_lesion``, ``retake`` or ``error``.
         label: the predicted class (``ok`` only).
         probability: the positive class's probability (``ok`` only).
         probabilities: every class's probability (``ok`` only).
-        band: ``low``, ``uncertain`` or ``high`` (``ok`` only).
+        band: ``low``, ``uncertain`` or ``high`` (``ok`` and ``no_lesion`` only).
         reason: the issue (``retake``) or error (``error``) codes, comma-separated.
     """
 
@@ -185,7 +185,7 @@ def _predictions_table(sa: Any, metadata: Any) -> Any:
         sa.Column("backend", sa.String(16), nullable=False),
         sa.Column("photo_index", sa.Integer, nullable=False),
         sa.Column("image_sha256", sa.String(64), nullable=True, index=True),
-        sa.Column("status", sa.String(8), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
         sa.Column("label", sa.String(200), nullable=True),
         sa.Column("probability", sa.Float, nullable=True),
         sa.Column("probabilities", sa.JSON(none_as_null=True), nullable=True),

@@ -42,6 +42,14 @@ class PredictionOut(BaseModel):
     band: Band | None = Field(
         description="low / uncertain / high, from the probability and the model's threshold."
     )
+    no_lesion: bool = Field(
+        default=False,
+        description="The model's no-lesion head saw skin without a lesion (only ever with band "
+        "low); the photo's status is then no_lesion.",
+    )
+    no_lesion_probability: float | None = Field(
+        default=None, description="That head's probability; null when the model has none."
+    )
 
 
 class PhotoResult(BaseModel):
@@ -49,9 +57,10 @@ class PhotoResult(BaseModel):
     are never echoed."""
 
     index: int = Field(description="0-based position of the photo in the request.")
-    status: Literal["ok", "retake", "error"] = Field(
-        description="ok: assessed; retake: the photo cannot be assessed (see issues); "
-        "error: the file could not be read (see error; only in multi-photo requests)."
+    status: Literal["ok", "no_lesion", "retake", "error"] = Field(
+        description="ok: assessed; no_lesion: assessed, but no skin lesion was seen (healthy "
+        "skin; photograph the lesion itself); retake: the photo cannot be assessed (see "
+        "issues); error: the file could not be read (see error; only in multi-photo requests)."
     )
     prediction: PredictionOut | None = None
     issues: list[Issue] = Field(default_factory=list)
@@ -66,9 +75,10 @@ class PhotoResult(BaseModel):
 class CombinedResult(BaseModel):
     """One result for all the photos (of one person)."""
 
-    status: Literal["ok", "retake", "no_photo"] = Field(
-        description="ok when at least one photo could be assessed, else retake; no_photo when "
-        "the request had answers only."
+    status: Literal["ok", "no_lesion", "retake", "no_photo"] = Field(
+        description="ok when a lesion could be assessed on at least one photo; no_lesion when "
+        "photos were assessed but none showed a lesion; else retake; no_photo when the request "
+        "had answers only."
     )
     method: Literal["max"] = Field(
         default="max",
@@ -80,7 +90,7 @@ class CombinedResult(BaseModel):
     label: str | None = None
     index: int | None = Field(default=None, description="The photo that gave the probability.")
     photos: int = Field(description="Photos sent.")
-    assessed: int = Field(description="Photos that could be assessed.")
+    assessed: int = Field(description="Photos that could be assessed (ok or no_lesion).")
 
 
 class ModelInfo(BaseModel):

@@ -152,11 +152,12 @@ def combine_results(results: Sequence[PhotoResult]) -> CombinedResult:
     Taking the maximum is the cautious choice for a screen: one worrying lesion is enough to
     advise seeing a clinician, whatever the other photos show.
     """
-    assessed = [r for r in results if r.status == "ok" and r.prediction is not None]
-    scored = [r for r in assessed if r.prediction.probability is not None]
-    combined = CombinedResult(
-        status="ok" if assessed else "retake", photos=len(results), assessed=len(assessed)
-    )
+    assessed = [r for r in results if r.status in _ASSESSED and r.prediction is not None]
+    lesions = [r for r in assessed if r.status == "ok"]
+    # Photos without a lesion count only when no photo showed one.
+    scored = [r for r in lesions or assessed if r.prediction.probability is not None]
+    status = "ok" if lesions else "no_lesion" if assessed else "retake"
+    combined = CombinedResult(status=status, photos=len(results), assessed=len(assessed))
     if scored:
         top = max(scored, key=lambda r: r.prediction.probability)
         combined.probability = top.prediction.probability
@@ -164,6 +165,9 @@ def combine_results(results: Sequence[PhotoResult]) -> CombinedResult:
         combined.index = top.index
         combined.band = top.prediction.band
     return combined
+
+
+_ASSESSED = ("ok", "no_lesion")
 
 
 def _decode(upload: Upload, limits: ImageLimits) -> Image.Image | ApiError:
@@ -197,13 +201,15 @@ def _photo_result(index: int, assessment: Assessment) -> PhotoResult:
     pred = assessment.prediction
     return PhotoResult(
         index=index,
-        status="ok",
+        status="no_lesion" if pred.no_lesion else "ok",
         issues=issues,
         prediction=PredictionOut(
             label=pred.label,
             probability=_float_or_none(pred.probability),
             probabilities={k: float(v) for k, v in pred.probabilities.items()},
             band=pred.band,
+            no_lesion=pred.no_lesion,
+            no_lesion_probability=_float_or_none(pred.no_lesion_probability),
         ),
     )
 

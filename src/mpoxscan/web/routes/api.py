@@ -101,6 +101,7 @@ async def predict(
     """Screen photos sent as multipart ``file`` parts, with optional questionnaire ``answers``.
 
     Each photo gets a result: ``ok`` with the calibrated mpox probability and its band,
+    ``no_lesion`` when the model saw skin without a lesion (its probability is still given),
     ``retake`` with the reasons it cannot be assessed, or, in a request with several photos,
     ``error`` when its file cannot be read (the other photos are still predicted). A request
     with a single photo that cannot be read gets the error itself (4xx). ``combined`` takes
@@ -227,9 +228,10 @@ def log_analysis(analysis: Analysis) -> None:
     """Log counts and statuses only: never bytes, names, EXIF or probabilities per person."""
     statuses = [r.status for r in analysis.response.results]
     logger.info(
-        "predicted %d photo(s): %d ok, %d retake, %d error",
+        "predicted %d photo(s): %d ok, %d no lesion, %d retake, %d error",
         len(statuses),
         statuses.count("ok"),
+        statuses.count("no_lesion"),
         statuses.count("retake"),
         statuses.count("error"),
     )

@@ -272,6 +272,8 @@ document.documentElement.classList.add("js");
         }));
       }
       overall.appendChild(nextSteps(combined.band));
+    } else if (combined.status === "no_lesion") {
+      overall.appendChild(noLesionBlock());
     } else {
       overall.appendChild(el("p", { className: "retake-all", text: tr("result.retake_all") }));
       overall.appendChild(el("ul", {}, ["tips.1", "tips.2", "tips.3"].map(function (key) {
@@ -304,6 +306,19 @@ document.documentElement.classList.add("js");
         el("span", { className: "band-badge", text: tr("band." + band) }),
       ]),
       el("p", { className: "score-summary", text: tr("band." + band + ".summary") }),
+    ]);
+  }
+
+  function noLesionBlock() {
+    return el("div", { className: "score no-lesion" }, [
+      el("p", { className: "score-band" }, [
+        el("span", { className: "score-label", text: tr("result.band") }),
+        el("span", { className: "band-badge", text: tr("outcome.no_lesion") }),
+      ]),
+      el("p", { className: "score-summary", text: tr("outcome.no_lesion.summary") }),
+      el("ul", {}, ["outcome.no_lesion.retake", "next.always"].map(function (key) {
+        return el("li", { text: tr(key) });
+      })),
     ]);
   }
 
@@ -351,6 +366,11 @@ document.documentElement.classList.add("js");
         item.prediction.band
           ? el("span", { className: "band-badge", text: tr("band." + item.prediction.band) })
           : null,
+      ]));
+    } else if (item.status === "no_lesion") {
+      card.appendChild(el("p", { className: "photo-no-lesion" }, [
+        el("span", { className: "band-badge", text: tr("outcome.no_lesion") }),
+        document.createTextNode(" " + tr("photo.no_lesion")),
       ]));
     } else if (item.status === "retake") {
       card.appendChild(el("p", { className: "photo-problem", text: tr("photo.retake") }));
