@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.errors import BundleError
 from mpoxscan.hashing import file_sha256
+from mpoxscan.inference.atomic_folder import left_old_folder, replacing_folder
 
 if TYPE_CHECKING:
     from torch import nn
@@ -187,12 +189,13 @@ def save_bundle(
 ) -> Path:
     """Write a model bundle: ``model.safetensors``, optional ``ood.safetensors``, ``model.json``.
 
-    Each file is written to a temporary name and renamed into place, ``model.json`` last, so an
-    interrupted save never leaves a bundle that looks complete. A ``model.onnx`` left from an
-    earlier save into the same folder is removed (it would no longer match the weights).
+    The bundle is built in a staging folder beside ``out_dir`` and switched in atomically
+    (:func:`~mpoxscan.inference.atomic_folder.replacing_folder`), so an interrupted save
+    leaves the old bundle (or nothing) in ``out_dir``, never a mix. Saving over an existing
+    bundle replaces all of it (a stale ``model.onnx`` or ``evaluation/`` folder goes too).
 
     Args:
-        out_dir: the bundle folder (created if needed).
+        out_dir: the bundle folder: new, empty, or an existing bundle (to replace).
         model: the trained network; its ``state_dict`` is saved.
         meta: at least ``architecture`` ({name, num_outputs, image_size, dropout}), ``classes``
             and ``preprocessing`` ({image_size, mean, std}); usually also ``positive_class``,
@@ -206,30 +209,37 @@ def save_bundle(
 
     Returns:
         The bundle folder.
+
+    Raises:
+        BundleError: ``out_dir`` holds files but no bundle (they would be lost).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _refuse_foreign_folder(out)
     full_meta = _complete_meta(meta, out)
-    (out / ONNX_FILE).unlink(missing_ok=True)
-
-    _write_atomic(out / WEIGHTS_FILE, lambda tmp: _save_state_dict(model, tmp))
-    names = [WEIGHTS_FILE]
-    if ood is not None:
-        full_meta["ood"] = _save_ood(out, ood)
-        names.append(OOD_FILE)
-    else:
-        (out / OOD_FILE).unlink(missing_ok=True)
+    with replacing_folder(out, start_from_old=False) as stage:
+        _write_atomic(stage / WEIGHTS_FILE, lambda tmp: _save_state_dict(model, tmp))
+        names = [WEIGHTS_FILE]
         full_meta["ood"] = None
-    (out / NO_LESION_FILE).unlink(missing_ok=True)
-    full_meta["no_lesion"] = None
-    if no_lesion is not None:
-        full_meta["no_lesion"] = _save_no_lesion(out, no_lesion)
-        names.append(NO_LESION_FILE)
-    names.extend(_copy_into(out, Path(extra)) for extra in extra_files)
-
-    full_meta["files"] = {name: file_sha256(out / name) for name in names}
-    _write_meta(out, BundleMeta.from_json(full_meta, out))
+        if ood is not None:
+            full_meta["ood"] = _save_ood(stage, ood)
+            names.append(OOD_FILE)
+        full_meta["no_lesion"] = None
+        if no_lesion is not None:
+            full_meta["no_lesion"] = _save_no_lesion(stage, no_lesion)
+            names.append(NO_LESION_FILE)
+        names.extend(_copy_into(stage, Path(extra)) for extra in extra_files)
+        full_meta["files"] = {name: file_sha256(stage / name) for name in names}
+        _write_meta(stage, BundleMeta.from_json(full_meta, out))
     return out
+
+
+def _refuse_foreign_folder(out: Path) -> None:
+    """A folder with files but no ``model.json`` is someone's data, not a bundle to replace."""
+    if out.is_dir() and not (out / META_FILE).exists() and any(out.iterdir()):
+        raise BundleError(
+            f"{out} holds files but no model bundle ({META_FILE}), so saving a bundle there "
+            "would delete them. Choose a new or empty folder."
+        )
 
 
 def read_bundle_meta(bundle_dir: str | Path) -> BundleMeta:
@@ -370,27 +380,71 @@ def _load_side_model(
         ) from err
 
 
+@dataclass
+class BundleUpdate:
+    """A change to a bundle in progress (see :func:`updating_bundle`).
+
+    Attributes:
+        dir: the staging folder, a copy of the bundle: write new or replaced files here.
+        meta: the ``model.json`` object to write (change it freely).
+        added: names of files in ``dir`` to (re)hash into ``meta["files"]``.
+    """
+
+    dir: Path
+    meta: dict[str, Any]
+    added: list[str] = field(default_factory=list)
+
+    def add_file(self, name: str) -> None:
+        """Record a file written into :attr:`dir` under ``name``."""
+        _check_new_name(self.dir, name)
+        self.added.append(name)
+
+
+@contextmanager
+def updating_bundle(
+    bundle_dir: str | Path, meta: BundleMeta | None = None
+) -> Iterator[BundleUpdate]:
+    """Change a bundle in one atomic step: yield a staged copy, then switch it in.
+
+    The bundle is validated first, so an update never blesses a tampered file. The copy is
+    switched in (``model.json`` and its hashes with the files) only when the block ends
+    without an error; a crash or an error leaves the old bundle as it was.
+
+    Args:
+        bundle_dir: the bundle folder.
+        meta: the bundle's metadata, when the caller has just read it with
+            :func:`read_bundle_meta` (then the files are not hashed again).
+
+    Yields:
+        The :class:`BundleUpdate` to write files into and to change ``model.json`` with.
+    """
+    bundle = Path(bundle_dir)
+    data = (meta if meta is not None else read_bundle_meta(bundle)).to_json()
+    with replacing_folder(bundle, start_from_old=True) as stage:
+        update = BundleUpdate(stage, data)
+        yield update
+        files = dict(update.meta["files"])
+        for name in update.added:
+            files[name] = file_sha256(stage / name)
+        update.meta["files"] = files
+        _write_meta(stage, BundleMeta.from_json(update.meta, bundle))
+
+
 def update_bundle_files(
     bundle_dir: str | Path,
     meta_updates: Mapping[str, Any] | None = None,
     new_files: Iterable[str | Path] = (),
     *,
-    staged: Mapping[str, str | Path] | None = None,
     meta: BundleMeta | None = None,
 ) -> BundleMeta:
-    """Add or replace files in a bundle and rewrite ``model.json`` with their hashes.
-
-    The bundle is validated first (before any file of it is replaced), so an update never
-    blesses a tampered file, and replacing a file the bundle already lists (``export`` run
-    twice) records the new file's hash instead of failing on the old one.
+    """Add or replace files in a bundle and rewrite ``model.json`` with their hashes, in one
+    atomic step (:func:`updating_bundle`).
 
     Args:
         bundle_dir: the bundle folder.
         meta_updates: top-level keys to set in ``model.json`` (e.g. ``{"onnx": {...}}``).
         new_files: files to record: names relative to the bundle folder, or absolute paths
             elsewhere, which are copied in.
-        staged: files written elsewhere (e.g. a temporary file in the bundle folder), by the
-            name they take in the bundle; each is moved into place.
         meta: the bundle's metadata, when the caller has just read it with
             :func:`read_bundle_meta` (then the files are not hashed again).
 
@@ -398,21 +452,12 @@ def update_bundle_files(
         The new metadata.
     """
     bundle = Path(bundle_dir)
-    data = (meta if meta is not None else read_bundle_meta(bundle)).to_json()
-    data.update(_to_json(dict(meta_updates or {})))
-    files = dict(data["files"])
-    for name, source in (staged or {}).items():
-        _check_new_name(bundle, name)
-        os.replace(source, bundle / name)
-        files[name] = file_sha256(bundle / name)
-    for item in new_files:
-        path = Path(item)
-        name = _copy_into(bundle, path if path.is_absolute() else bundle / path)
-        files[name] = file_sha256(bundle / name)
-    data["files"] = files
-    updated = BundleMeta.from_json(data, bundle)
-    _write_meta(bundle, updated)
-    return updated
+    with updating_bundle(bundle, meta) as update:
+        update.meta.update(_to_json(dict(meta_updates or {})))
+        for item in new_files:
+            path = Path(item)
+            update.add_file(_copy_into(update.dir, path if path.is_absolute() else bundle / path))
+    return BundleMeta.from_json(update.meta, bundle)
 
 
 def _complete_meta(meta: Mapping[str, Any], out: Path) -> dict[str, Any]:
@@ -511,6 +556,12 @@ def _write_atomic(target: Path, write: Callable[[Path], object]) -> None:
 
 
 def _read_meta_json(bundle: Path) -> dict[str, Any]:
+    left = left_old_folder(bundle)
+    if left is not None:
+        raise BundleError(
+            f"No model bundle at {bundle}: an interrupted write left it at {left}. Run the "
+            "command that was writing it again (it is put back first), or rename it back."
+        )
     if not bundle.is_dir():
         raise BundleError(
             f"No model bundle at {bundle}: pass the folder that training wrote (it holds "

@@ -11,7 +11,6 @@ numbers.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch
 from PIL import Image
 
 from mpoxscan.errors import BundleError
-from mpoxscan.inference.bundle import ONNX_FILE, load_torch_model, update_bundle_files
+from mpoxscan.inference.bundle import ONNX_FILE, load_torch_model, updating_bundle
 from mpoxscan.inference.onnx_runtime import INPUT_NAME, OUTPUT_NAMES, OnnxModel
 from mpoxscan.inference.predictor import images_to_pixels
 from mpoxscan.inference.torch_backend import InferenceModule, inference_module
@@ -76,21 +75,25 @@ def export_onnx(
     size = meta.preprocessing.image_size
     pixels = _parity_pixels(samples, size)
 
-    tmp = bundle / f".{ONNX_FILE}.{os.getpid()}.tmp"
-    try:
-        _export(module, tmp, size, opset)
-        diff = _parity(module, OnnxModel(tmp), pixels)
+    # The new graph is written into a staged copy of the bundle (checked first, the old
+    # model.onnx included), which replaces the bundle with model.json only once it passed.
+    with updating_bundle(bundle, meta) as update:
+        staged = update.dir / ONNX_FILE
+        staged.unlink(missing_ok=True)  # the old graph's copy: never overwritten in place
+        _export(module, staged, size, opset)
+        diff = _parity(module, OnnxModel(staged), pixels)
         if not diff < PARITY_TOLERANCE:
             raise BundleError(
                 f"The ONNX export of {bundle} differs from PyTorch by {diff:.2e} (allowed "
                 f"{PARITY_TOLERANCE:.0e}), so it was not saved. Serve this bundle with "
                 "backend='torch', or try another opset."
             )
-        onnx_meta = {"opset": opset, "parity_max_abs_diff": diff, "parity_samples": len(pixels)}
-        # The bundle (its old model.onnx included) is checked before the new graph replaces it.
-        update_bundle_files(bundle, {"onnx": onnx_meta}, staged={ONNX_FILE: tmp}, meta=meta)
-    finally:
-        tmp.unlink(missing_ok=True)
+        update.add_file(ONNX_FILE)
+        update.meta["onnx"] = {
+            "opset": opset,
+            "parity_max_abs_diff": diff,
+            "parity_samples": len(pixels),
+        }
     return ExportReport(path=bundle / ONNX_FILE, max_abs_diff=diff, n_samples=len(pixels))
 
 

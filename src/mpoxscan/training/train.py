@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -124,11 +125,16 @@ def train_bundle(
     no_lesion = fit_no_lesion_head(
         train_embeddings, datasets["train"], fitted.embeddings(datasets["val"]), datasets["val"]
     )
-    bundle_dir = save_bundle(out_dir, model, meta, ood=ood, no_lesion=no_lesion)
-    plot_training_curves(result.history, bundle_dir / "curves.png")
-    plot_test_results(
-        bundle_dir, scored.labels, scored.proba, index.classes, scored.threshold, binary
-    )
+    with tempfile.TemporaryDirectory(prefix="mpoxscan-plots-") as folder:
+        plots = Path(folder)
+        plot_training_curves(result.history, plots / "curves.png")
+        plot_test_results(
+            plots, scored.labels, scored.proba, index.classes, scored.threshold, binary
+        )
+        # One atomic save: a crash leaves the old bundle, never weights without their plots.
+        bundle_dir = save_bundle(
+            out_dir, model, meta, ood=ood, no_lesion=no_lesion, extra_files=sorted(plots.iterdir())
+        )
     return TrainResult(bundle_dir, test_metrics, result.history, result.best_epoch)
 
 
