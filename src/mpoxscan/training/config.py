@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from mpoxscan.data.style import StyleConfig
 from mpoxscan.data.transforms import AugmentConfig
 
 #: How a model learns: the whole network end to end, or only its head on cached embeddings.
@@ -13,6 +14,10 @@ Recipe = Literal["finetune", "frozen-features"]
 #: Heads the frozen-features recipe can train on the cached embeddings.
 FEATURE_HEADS = ("linear", "logreg")
 FeatureHead = Literal["linear", "logreg"]
+#: How training photos are weighted: every class the same total weight, or also every
+#: (source, class folder group) inside a class (see ``FeatureConfig.balance``).
+BALANCES = ("class", "source")
+Balance = Literal["class", "source"]
 
 
 def _from_dict(cls, values: dict[str, Any]):
@@ -94,6 +99,15 @@ class FeatureConfig:
             blocks, the final 1x1 convolution and the head together at ``backbone_lr`` for up to
             ``tail_epochs`` epochs (early stopping after ``TrainConfig.patience``). 0: head only.
         tail_epochs: maximum epochs of that fine-tuning.
+        style: style-removing augmentation of the augmented training views (views 2 and
+            on): random JPEG re-encoding, resizing down and up, a watermark-like text overlay
+            and white-balance shifts (:mod:`mpoxscan.data.style`), applied before
+            ``TrainConfig.augment``, so the head cannot tell classes apart by a source's
+            photo style. ``None``: no style changes.
+        balance: ``"class"`` weights each class equally (``class_weight="balanced"``);
+            ``"source"`` also gives every source's share of a class the same weight (photos of
+            several sources; each source's "Healthy"-like folders count as their own share),
+            so a big source cannot decide what a class looks like (``logreg`` head only).
     """
 
     head: FeatureHead = "logreg"
@@ -106,8 +120,16 @@ class FeatureConfig:
     cache_dir: str | None = None
     tail_blocks: int = 0
     tail_epochs: int = 10
+    style: StyleConfig | None = None
+    balance: Balance = "class"
 
     def __post_init__(self) -> None:
+        if isinstance(self.style, dict):
+            self.style = StyleConfig(**self.style)
+        if self.balance not in BALANCES:
+            raise ValueError(
+                f"FeatureConfig.balance must be one of {BALANCES}, got {self.balance!r}"
+            )
         if self.tail_blocks < 0:
             raise ValueError(f"FeatureConfig.tail_blocks must be 0 or more, got {self.tail_blocks}")
         if self.head not in FEATURE_HEADS:

@@ -6,8 +6,9 @@ memory, and optionally on disk). The head then trains on those embeddings in mil
 epoch, which makes a repeated, patient-grouped cross-validation affordable on a laptop CPU.
 
 Views of a photo, by index: 0 is the photo, 1 its mirror image, 2 and on are random
-augmentations (``TrainConfig.augment``) seeded from the photo's file hash, the view index and
-the run's seed, so a cached view equals a recomputed one. Training uses the first
+augmentations (``TrainConfig.augment``, after random style changes when
+``FeatureConfig.style`` is set) seeded from the photo's file hash, the view index and the run's
+seed, so a cached view equals a recomputed one. Training uses the first
 ``FeatureConfig.train_views`` views; validation and test use view 0, or the mean logit of views 0
 and 1 with test-time augmentation (``FeatureConfig.tta``).
 
@@ -33,11 +34,14 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
+from mpoxscan.data.datasets import ImageRecord
 from mpoxscan.data.loading import ImageDataset
 from mpoxscan.data.preprocessing import Preprocessing
+from mpoxscan.data.style import StyleConfig, random_style
 from mpoxscan.data.transforms import AugmentConfig, build_augmentation, normalize_batch
 from mpoxscan.hashing import file_sha256
-from mpoxscan.training.config import TrainConfig
+from mpoxscan.inference.no_lesion import is_no_lesion_class
+from mpoxscan.training.config import Balance, TrainConfig
 from mpoxscan.training.loop import (
     ArrayLoader,
     EarlyStopping,
@@ -114,9 +118,10 @@ def photo_key(
     augment: AugmentConfig,
     seed: int,
     start: int | None = None,
+    style: StyleConfig | None = None,
 ) -> str:
     """The cache key of one photo's views: everything the cached arrays depend on."""
-    parts = {
+    parts: dict = {
         "version": _CACHE_VERSION,
         "file": file_hash,
         "backbone": backbone,
@@ -126,10 +131,18 @@ def photo_key(
     }
     if start is not None:
         parts["block_input"] = start
+    if style is not None:
+        parts["style"] = asdict(style)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def render_view(image: torch.Tensor, view: int, augment: nn.Module, seed: int) -> torch.Tensor:
+def render_view(
+    image: torch.Tensor,
+    view: int,
+    augment: nn.Module,
+    seed: int,
+    style: StyleConfig | None = None,
+) -> torch.Tensor:
     """One view of a photo as a float ``(3, S, S)`` tensor in [0, 1].
 
     Args:
@@ -137,12 +150,17 @@ def render_view(image: torch.Tensor, view: int, augment: nn.Module, seed: int) -
         view: 0 the photo, 1 its mirror image, 2 and on a random augmentation.
         augment: the training augmentation (a kornia module).
         seed: seeds the augmentation of this photo and view (ignored for views 0 and 1).
+        style: random style changes applied before ``augment`` (views 2 and on).
     """
     x = image.float().div(255.0)
     if view == 0:
         return x
     if view == 1:
         return x.flip(-1)
+    if style is not None:
+        pixels = image.permute(1, 2, 0).contiguous().numpy()
+        styled = random_style(pixels, style, np.random.default_rng(seed))
+        x = torch.from_numpy(np.ascontiguousarray(styled)).permute(2, 0, 1).float().div(255.0)
     # A private generator state, so caching (which skips this call) changes no other randomness.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -164,11 +182,12 @@ def compute_views(
     augment: nn.Module,
     seed: int,
     start: int | None = None,
+    style: StyleConfig | None = None,
 ) -> np.ndarray:
     """Embed the given views of one photo: float32 ``(len(views), C)`` pooled embeddings, or
     the ``(len(views), C, H, W)`` input of block ``start``."""
     batch = torch.stack(
-        [render_view(image, v, augment, view_seed(file_hash, v, seed)) for v in views]
+        [render_view(image, v, augment, view_seed(file_hash, v, seed), style) for v in views]
     )
     x = normalize_batch(batch, prep)
     out = model.embed(x) if start is None else model.forward_until(x, start)
@@ -186,6 +205,7 @@ def embed_dataset(
     seed: int,
     cache: FeatureCache,
     start: int | None = None,
+    style: StyleConfig | None = None,
 ) -> np.ndarray:
     """Pooled embeddings of the first ``n_views`` views of every photo of ``dataset``.
 
@@ -202,6 +222,7 @@ def embed_dataset(
         seed: the run's seed (part of each view's augmentation seed).
         cache: where embeddings are looked up and stored.
         start: ``None`` for pooled embeddings, else the block whose input is wanted.
+        style: random style changes of views 2 and on (``FeatureConfig.style``).
 
     Returns:
         float32 ``(len(dataset), n_views, C)`` (or ``(len(dataset), n_views, C, H, W)``).
@@ -212,12 +233,12 @@ def embed_dataset(
     out = []
     for image, record in zip(dataset.images, dataset.records, strict=True):
         file_hash = file_sha256(record.path)
-        key = photo_key(file_hash, backbone, prep.image_size, augment, seed, start)
+        key = photo_key(file_hash, backbone, prep.image_size, augment, seed, start, style)
         cached = cache.get(key)
         have = 0 if cached is None else len(cached)
         if have < n_views:
             extra = compute_views(
-                model, prep, image, range(have, n_views), file_hash, augmenter, seed, start
+                model, prep, image, range(have, n_views), file_hash, augmenter, seed, start, style
             )
             cached = extra if cached is None else np.concatenate([cached, extra])
             cache.put(key, cached)
@@ -291,6 +312,17 @@ def tta_views(cfg: TrainConfig) -> int:
     return TTA_VIEWS if cfg.features.tta else 1
 
 
+def view_options(cfg: TrainConfig, cache: FeatureCache, start: int | None) -> dict:
+    """The keyword arguments of :func:`embed_dataset` that a training configuration fixes."""
+    return {
+        "augment": cfg.augment,
+        "seed": cfg.seed,
+        "cache": cache,
+        "start": start,
+        "style": cfg.features.style,
+    }
+
+
 def fit_frozen_head(
     model: nn.Module,
     train_ds: ImageDataset,
@@ -319,13 +351,16 @@ def fit_frozen_head(
     start = tail_start(model, cfg.features.tail_blocks)
     model.freeze_backbone()
     model.eval()
-    views = {"augment": cfg.augment, "seed": cfg.seed, "cache": cache, "start": start}
+    views = view_options(cfg, cache, start)
     x_train = embed_dataset(model, prep, train_ds, cfg.features.train_views, **views)
     x_val = embed_dataset(model, prep, val_ds, tta_views(cfg), **views)
     e_train, e_val = _pooled(model, x_train, start), _pooled(model, x_val, start)
     y_train, y_val = train_ds.labels, val_ds.labels
-    fit_head = _fit_logreg if cfg.features.head == "logreg" else _fit_linear
-    result = fit_head(model, e_train, y_train, e_val, y_val, cfg)
+    if cfg.features.head == "logreg":
+        weights = sample_weights(train_ds.records, y_train.numpy(), cfg.features.balance)
+        result = _fit_logreg(model, e_train, y_train, e_val, y_val, cfg, weights)
+    else:
+        result = _fit_linear(model, e_train, y_train, e_val, y_val, cfg)
     if start is None:
         return result
     return _fit_tail(model, x_train, y_train, x_val, y_val, cfg, start, result)
@@ -429,18 +464,24 @@ def _fit_logreg(
     x_val: np.ndarray,
     y_val: torch.Tensor,
     cfg: TrainConfig,
+    weights: np.ndarray | None = None,
 ) -> FitResult:
     """L2 logistic regression per ``C`` on standardised embeddings; the lowest validation loss
-    wins and is written into the output layer (the standardisation folded into its weights)."""
+    wins and is written into the output layer (the standardisation folded into its weights).
+
+    ``weights`` (one per photo, see :func:`sample_weights`) replace ``class_weight="balanced"``.
+    """
     rows = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64)
     labels = y_train.repeat_interleave(x_train.shape[1]).numpy()
+    row_weights = None if weights is None else np.repeat(weights, x_train.shape[1])
+    class_weight = "balanced" if weights is None else None
     mean, scale = rows.mean(axis=0), rows.std(axis=0) + 1e-6
     loss_fn = class_balanced_loss(y_train.tolist(), num_outputs_of(model))
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_head = float("inf"), 0, None
     for index, c in enumerate(cfg.features.logreg_cs, start=1):
-        classifier = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
-        classifier.fit((rows - mean) / scale, labels)
+        classifier = LogisticRegression(C=c, class_weight=class_weight, max_iter=5000)
+        classifier.fit((rows - mean) / scale, labels, sample_weight=row_weights)
         _write_linear(output_layer(model), classifier, mean, scale)
         train = _val_loss(model, x_train, y_train, loss_fn)
         val = _val_loss(model, x_val, y_val, loss_fn)
@@ -451,6 +492,35 @@ def _fit_logreg(
             best_head = copy.deepcopy(model.head.state_dict())
     model.head.load_state_dict(best_head)
     return FitResult(history=history, best_epoch=best_epoch, best_state=model.state_dict())
+
+
+def sample_weights(
+    records: list[ImageRecord], labels: np.ndarray, balance: Balance
+) -> np.ndarray | None:
+    """Per-photo training weights for ``FeatureConfig.balance``, mean 1.
+
+    ``"class"`` gives ``None`` (the logistic regression's own ``class_weight="balanced"``).
+    ``"source"`` gives every class the same total weight and, inside a class, every *cell* the
+    same share: a cell is the photos of one source with one label, photos of skin without a
+    lesion (:func:`~mpoxscan.inference.no_lesion.is_no_lesion_class`) a cell of their own.
+    Records without a ``source`` count as one source.
+    """
+    if balance == "class":
+        return None
+    cells = np.array(
+        [
+            f"{getattr(r, 'source', None)}|{label}|{is_no_lesion_class(r.class_name)}"
+            for r, label in zip(records, labels, strict=True)
+        ]
+    )
+    weights = np.zeros(len(records))
+    for label in np.unique(labels):
+        in_label = labels == label
+        label_cells = np.unique(cells[in_label])
+        for cell in label_cells:
+            members = cells == cell
+            weights[members] = 1.0 / (members.sum() * len(label_cells))
+    return weights * len(weights) / weights.sum()
 
 
 def _write_linear(
@@ -493,16 +563,7 @@ def frozen_logits(
     rounding); with TTA they average the photo and its mirror image.
     """
     start = tail_start(model, cfg.features.tail_blocks)
-    x = embed_dataset(
-        model,
-        prep,
-        dataset,
-        tta_views(cfg),
-        augment=cfg.augment,
-        seed=cfg.seed,
-        cache=cache,
-        start=start,
-    )
+    x = embed_dataset(model, prep, dataset, tta_views(cfg), **view_options(cfg, cache, start))
     model.eval()
     if len(x) == 0:
         return torch.empty(0, num_outputs_of(model)), dataset.labels
@@ -518,7 +579,5 @@ def frozen_embeddings(
 ) -> np.ndarray:
     """The photos' own embeddings (view 0), ``(N, C)``, for the out-of-domain detector."""
     start = tail_start(model, cfg.features.tail_blocks)
-    x = embed_dataset(
-        model, prep, dataset, 1, augment=cfg.augment, seed=cfg.seed, cache=cache, start=start
-    )
+    x = embed_dataset(model, prep, dataset, 1, **view_options(cfg, cache, start))
     return _pooled(model, x, start)[:, 0]
