@@ -45,6 +45,9 @@ def test_train_records_the_exact_command(cli_bundle):
     meta = json.loads((cli_bundle / "model.json").read_text())
     assert meta["command"].startswith("mpoxscan train --data")
     assert "--model seed-cnn" in meta["command"]
+    # Complete, defaults included: what was run even if a default changes later.
+    for default in ("--seed 0", "--recipe auto", "--target-sensitivity 0.95", "--no-multiclass"):
+        assert default in meta["command"]
 
 
 def test_evaluate_prints_a_table_and_writes_json(cli_bundle, tiny_dataset, tmp_path):

@@ -281,18 +281,22 @@ PatientOpt = Annotated[
 
 
 def _command_line(ctx: typer.Context) -> str:
-    """The running command as a user would retype it: arguments, and options not at default."""
+    """The running command as a user would retype it, complete: every argument and every
+    option that has a value, defaults included (so the record says what was run even when a
+    default changes later)."""
     words = ["mpoxscan", ctx.info_name or ""]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
+        values = value if isinstance(value, list | tuple) else [value]
         if param.param_type_name == "argument":
-            words.extend(str(v) for v in (value if isinstance(value, list | tuple) else [value]))
-        elif value is not None and value != param.default:
+            words.extend(str(v) for v in values)
+        elif value is not None and param.name != "help":
             flag = max(param.opts, key=len)
             if getattr(param, "is_flag", False):
-                words.append(flag if value else (param.secondary_opts or [flag])[0])
+                words.extend([flag] if value else param.secondary_opts[:1])
             else:
-                words.extend([flag, str(value)])
+                for item in values:
+                    words.extend([flag, str(item)])
     return shlex.join(words)
 
 

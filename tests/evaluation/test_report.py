@@ -67,3 +67,36 @@ def test_names_from_the_data_are_escaped(tmp_path, cv_dir_factory):
 def test_missing_files_say_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="mpoxscan cv"):
         write_report(tmp_path, tmp_path / "r.html")
+
+
+def test_the_logistic_head_is_plotted_and_tabled_by_c_not_by_epoch(tmp_path, cv_dir_factory):
+    cv_dir = cv_dir_factory(tmp_path / "cv", folds=2, repeats=1, patients=12)
+    summary = json.loads((cv_dir / "summary.json").read_text())
+    grid = [0.001, 0.01, 0.1, 1.0]
+    for fold in summary["folds"]:
+        fold["history"] = [
+            {**row, "epoch": index + 1, "C": c}
+            for index, (row, c) in enumerate(zip(fold["history"], grid, strict=False))
+        ]
+        fold["best_epoch"] = 2
+    summary["config"] |= {
+        "model": {"name": "efficientnet-lite0"},
+        "train": {"recipe": "frozen-features", "features": {"head": "logreg"}, "seed": 1},
+    }
+    (cv_dir / "summary.json").write_text(json.dumps(summary))
+    page = write_report(cv_dir, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Best epoch" not in page and "<th>Chosen C</th>" in page
+    assert "<td>0.01</td>" in page  # the C of grid position 2
+    assert "by regularisation strength C" in page
+    top = page[: page.index("How to read this")]
+    assert (
+        "Model efficientnet-lite0, recipe frozen-features (logistic-regression head, C chosen "
+        "on validation), 2 folds x 1 repeat, seed 1." in top
+    )
+
+
+def test_networks_keep_epochs_and_every_table_can_scroll(page):
+    assert "<th>Best epoch</th>" in page and "by epoch" in page
+    assert (
+        page.count("<table>") == page.count('<div class="scroll">\n<table>') + 2
+    )  # data, versions

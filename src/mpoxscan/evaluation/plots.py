@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,17 @@ def plot_training_curves(
     best_epoch: int | None = None,
     title: str | None = None,
 ) -> Path:
-    """Loss and accuracy by epoch, training against validation, with the best epoch marked.
+    """Loss and accuracy by epoch (or by C for the logistic head), training against validation,
+    with the kept epoch (or the chosen C) marked.
 
     Args:
         history: one dict per epoch with ``epoch``, ``train_loss``, ``train_accuracy``,
-            ``val_loss`` and ``val_accuracy`` (missing or None values are left out).
+            ``val_loss`` and ``val_accuracy`` (missing or None values are left out); rows that
+            all have ``C`` (the logistic head's grid) are drawn against C (see
+            :func:`history_axis`).
         path: the PNG to write.
-        best_epoch: the epoch to mark; by default the one with the lowest validation loss.
+        best_epoch: the epoch (row) to mark; by default the one with the lowest validation
+            loss.
         title: an optional title above both panels (e.g. the fold).
 
     Returns:
@@ -63,22 +68,55 @@ def plot_training_curves(
     column = {key: _column(history, key) for key in _HISTORY_KEYS}
     if best_epoch is None and np.isfinite(column["val_loss"]).any():
         best_epoch = int(epochs[np.nanargmin(column["val_loss"])])
+    axis = history_axis(history)
+    x = np.array([float(h[axis.key]) for h in history])
+    best = None
+    if best_epoch is not None:
+        best = next((float(h[axis.key]) for h in history if h["epoch"] == best_epoch), None)
     fig = _figure(TRAINING_CURVES_SIZE)
     axes = fig.subplots(1, 2)
     for ax, name in zip(axes, ("loss", "accuracy"), strict=True):
-        ax.plot(epochs, column[f"train_{name}"], marker="o", ms=3, label="training")
-        ax.plot(epochs, column[f"val_{name}"], marker="s", ms=3, label="validation")
-        if best_epoch is not None:
-            ax.axvline(best_epoch, color="grey", ls=":", label=f"best epoch ({best_epoch})")
-        ax.set_title(f"{name.capitalize()} by epoch")
-        ax.set_xlabel("Epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.plot(x, column[f"train_{name}"], marker="o", ms=3, label="training")
+        ax.plot(x, column[f"val_{name}"], marker="s", ms=3, label="validation")
+        if best is not None:
+            ax.axvline(best, color="grey", ls=":", label=f"{axis.best} ({best:g})")
+        ax.set_title(f"{name.capitalize()} by {axis.short}")
+        ax.set_xlabel(axis.label)
+        if axis.log:
+            ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(name.capitalize())
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class HistoryAxis:
+    """What a training history's rows step through: epochs, or a logistic head's C grid."""
+
+    key: str
+    label: str
+    short: str
+    best: str
+    log: bool
+
+
+#: The logistic-regression head's history has one row per C of its grid, not per epoch.
+EPOCH_AXIS = HistoryAxis("epoch", "Epoch", "epoch", "best epoch", log=False)
+C_AXIS = HistoryAxis(
+    "C", "Regularisation strength C (inverse; log scale)", "C", "chosen C", log=True
+)
+
+
+def history_axis(history: Sequence[Mapping[str, Any]]) -> HistoryAxis:
+    """:data:`C_AXIS` when every row has the logistic head's ``C``, else :data:`EPOCH_AXIS`."""
+    if history and all(row.get("C") is not None for row in history):
+        return C_AXIS
+    return EPOCH_AXIS
 
 
 def plot_confusion_matrix(

@@ -146,6 +146,7 @@ def render_report(
     training = [f for f in figures if f.title.startswith(TRAINING_TITLE)]
     return template.render(
         title="mpoxscan cross-validation report",
+        recipe=recipe_line(summary),
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         writer_version=__version__,
         limits=_limits(summary, pooled),
@@ -165,6 +166,25 @@ def render_report(
         versions=sorted((str(k), str(v)) for k, v in summary.get("versions", {}).items()),
         config=json.dumps(summary.get("config", {}), indent=2, sort_keys=True),
     )
+
+
+def recipe_line(summary: Mapping[str, Any]) -> str:
+    """What was cross-validated, in one line: model, recipe (and head), folds, repeats, seed."""
+    config = summary.get("config") or {}
+    train = config.get("train") or {}
+    model = (config.get("model") or {}).get("name") or "unknown model"
+    recipe = train.get("recipe") or "the model's default recipe"
+    if recipe == "frozen-features":
+        head = (train.get("features") or {}).get("head")
+        names = {"logreg": "logistic-regression head, C chosen on validation"}
+        recipe += f" ({names.get(head, f'{head} head')})" if head else ""
+    folds, repeats = config.get("folds"), config.get("repeats")
+    parts = [f"Model {model}", f"recipe {recipe}"]
+    if folds:
+        parts.append(f"{folds} folds x {repeats or 1} repeat{'s' if (repeats or 1) > 1 else ''}")
+    if train.get("seed") is not None:
+        parts.append(f"seed {train['seed']}")
+    return ", ".join(parts) + "."
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
@@ -248,7 +268,12 @@ def _figures(
                 best_epoch=entry.get("best_epoch"),
                 title=f"Training curves, {name}",
             )
-            caption = "Loss and accuracy by epoch; the dotted line marks the epoch kept."
+            caption = (
+                "Loss and accuracy by regularisation strength C of the logistic head (one "
+                "fit per C); the dotted line marks the C chosen on validation."
+                if plots.history_axis(entry["history"]) is plots.C_AXIS
+                else "Loss and accuracy by epoch; the dotted line marks the epoch kept."
+            )
             figures.append(_embed(f"{TRAINING_TITLE}, {name}", caption, path))
     return figures
 
@@ -342,10 +367,21 @@ def _mean_sd(stats: Mapping[str, Any]) -> str:
     return f"{format_number(stats.get('mean'))} ± {format_number(stats.get('std'))}"
 
 
+def _best_of(entry: Mapping[str, Any], by_c: bool) -> str:
+    """The kept epoch of a fold, or (logistic head) the C of that grid position."""
+    best = entry.get("best_epoch")
+    if not by_c or best is None:
+        return "" if best is None else str(best)
+    chosen = [row.get("C") for row in entry.get("history") or [] if row.get("epoch") == best]
+    return f"{chosen[0]:g}" if chosen and chosen[0] is not None else str(best)
+
+
 def _fold_table(folds: list[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-fold table."""
     present = [k for k in FOLD_COLUMNS if any(k in f.get("metrics", {}) for f in folds)]
-    header = ["Repeat", "Fold", "Photos", "Patients", "Best epoch", "T", "Threshold"]
+    by_c = any(plots.history_axis(f.get("history") or []) is plots.C_AXIS for f in folds)
+    best = "Chosen C" if by_c else "Best epoch"
+    header = ["Repeat", "Fold", "Photos", "Patients", best, "T", "Threshold"]
     header += [_label(k).split(" (")[0] for k in present]
     rows = []
     for index, entry in enumerate(folds):
@@ -355,7 +391,7 @@ def _fold_table(folds: list[Mapping[str, Any]]) -> tuple[list[str], list[list[st
             str(entry.get("fold", index)),
             str(metrics.get("n_images", entry.get("n_test_images", ""))),
             str(metrics.get("n_patients", entry.get("n_test_patients", ""))),
-            str(entry.get("best_epoch", "")),
+            _best_of(entry, by_c),
             format_number(entry["temperature"], 2) if "temperature" in entry else "",
             format_number(entry["threshold"]) if "threshold" in entry else "",
         ]
@@ -432,7 +468,8 @@ main { max-width: 1100px; margin: 0 auto; padding: 1.5rem; background: #fff; }
 h1 { font-size: 1.7rem; margin-bottom: 0.2rem; }
 h2 { font-size: 1.3rem; border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2rem; }
 .meta, figcaption, caption { color: #555; font-size: 0.9rem; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
+.recipe { font-size: 1.05rem; margin: 0.2rem 0; }
 table { border-collapse: collapse; margin: 0.6rem 0; font-variant-numeric: tabular-nums; }
 caption { text-align: left; caption-side: bottom; padding-top: 0.3rem; }
 th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: right; }
@@ -447,6 +484,7 @@ pre { background: #f5f5f7; padding: 0.7rem; overflow-x: auto; font-size: 0.85rem
 <body>
 <main>
 <h1>{{ title }}</h1>
+<p class="recipe"><strong>{{ recipe }}</strong></p>
 <p class="meta">Written {{ created }} by mpoxscan {{ writer_version }}.</p>
 
 <section id="how-to-read">
@@ -487,6 +525,7 @@ pre { background: #f5f5f7; padding: 0.7rem; overflow-x: auto; font-size: 0.85rem
 <section id="folds">
 <h2>Across folds</h2>
 {% if mean_std_rows %}
+<div class="scroll">
 <table>
 <caption>Mean ± SD (ddof=1) over folds and repeats at {{ fold_threshold }}; range: lowest and
 highest fold.</caption>
@@ -496,9 +535,11 @@ highest fold.</caption>
 <td>{{ row.range }}</td><td>{{ row.n }}</td></tr>
 {% endfor %}</tbody>
 </table>
+</div>
 {% endif %}
 {% if screening_rows %}
 <h3>At the screening threshold</h3>
+<div class="scroll">
 <table>
 <caption>Mean ± SD over folds at each fold's threshold chosen on its validation patients
 {%- if target %} for a target sensitivity of {{ target }}{% endif %}.</caption>
@@ -508,6 +549,7 @@ highest fold.</caption>
 <td>{{ row.range }}</td><td>{{ row.n }}</td></tr>
 {% endfor %}</tbody>
 </table>
+</div>
 {% endif %}
 <h3>Per fold</h3>
 <div class="scroll">
