@@ -197,7 +197,34 @@ def test_evaluate_on_a_folder_of_unreadable_files_is_a_message(tiny_bundle, tmp_
     assert "Traceback" not in result.output and len(result.output.splitlines()) <= 5
 
     out = tmp_path / "bundle"
-    result = run("train", "--data", data, "--out", out, "--model", "seed-cnn", "--epochs", "1")
-    assert result.exit_code == ExitCode.USER_ERROR
-    assert "photos" in result.output and "could be read" in result.output
-    assert "UserWarning" not in result.output and len(result.output.splitlines()) <= 6
+    for command in ("train", "cv"):
+        result = run(
+            *(command, "--data", data, "--out", out, "--model", "seed-cnn", "--epochs", "1"),
+            *(("--folds", "2") if command == "cv" else ()),
+        )
+        assert result.exit_code == ExitCode.USER_ERROR, result.output
+        assert "nothing to train or test on" in result.output
+        assert "UserWarning" not in result.output and len(result.output.splitlines()) <= 6
+
+
+def test_the_licence_file_matches_pyproject():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    licence = tomllib.loads((root / "pyproject.toml").read_text())["project"]["license"]
+    assert licence == {"text": "MIT"}
+    assert (root / "LICENSE").read_text().startswith("MIT License")
+    assert "research and education use only" in (root / "README.md").read_text()
+
+
+def test_every_row_of_the_bad_input_table_names_tests_that_exist():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    table = (root / "docs" / "cli.md").read_text().split("## Bad inputs", 1)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "::" in line]
+    assert len(rows) >= 20
+    for row in rows:
+        for path, name in re.findall(r"`([\w/]+\.py)::(\w+)", row):
+            source = (root / "tests" / path).read_text()
+            assert f"def {name}(" in source, f"docs/cli.md names {path}::{name}"

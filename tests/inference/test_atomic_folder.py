@@ -93,3 +93,25 @@ def test_what_a_killed_run_left_is_cleaned_up_or_put_back(tmp_path):
         f".bundle.new-{os.getppid()}-ghi",  # its process still runs: left alone
         "bundle",
     ]
+
+
+def test_saving_over_a_bundle_replaces_all_of_it_but_never_a_folder_of_other_files(tmp_path):
+    from inference_support import build_bundle
+
+    from mpoxscan.errors import BundleError
+    from mpoxscan.inference.bundle import read_bundle_meta
+
+    bundle = build_bundle(tmp_path / "b")
+    (bundle / "evaluation").mkdir()
+    (bundle / "evaluation" / "roc.png").write_bytes(b"an old plot")
+    build_bundle(bundle, seed=1)  # as train --overwrite does
+    assert not (bundle / "evaluation").exists()
+    read_bundle_meta(bundle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no staging folder left
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("years of work")
+    with pytest.raises(BundleError, match="would delete them"):
+        build_bundle(notes)
+    assert (notes / "thesis.txt").read_text() == "years of work"
