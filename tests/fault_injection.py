@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from mpoxscan.inference.atomic_folder import recover_interrupted
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: The zygote: imports what the commands need, then forks one child per request line.
@@ -169,7 +171,8 @@ class Outcome:
     fraction: float
     killed: bool
     state: str  # "old", "new" or "broken"
-    leftovers: int = 0
+    leftovers: int = 0  # staging folders the killed command left beside the bundle
+    left_after_cleanup: int = 0  # ... and after the next write's clean-up
 
 
 @dataclass
@@ -206,8 +209,10 @@ def run_trial(zygote: Zygote, scenario: Scenario, work: Path, photo: Path, delay
     reply = zygote.run(scenario.args(bundle), delay=delay)
     state = judge(scenario, bundle, photo, old_json)
     leftovers = sum(1 for p in work.iterdir() if p.name != "bundle")
+    recover_interrupted(bundle)  # what the next write to this bundle does first
+    after = sum(1 for p in work.iterdir() if p.name != "bundle")
     fraction = delay / scenario.seconds if scenario.seconds else 0.0
-    return Outcome(scenario.name, delay, fraction, reply["killed"], state, leftovers)
+    return Outcome(scenario.name, delay, fraction, reply["killed"], state, leftovers, after)
 
 
 def kill_trials(

@@ -177,7 +177,10 @@ def test_explain_writes_a_heat_map_per_assessed_photo(tiny_bundle, tmp_path, mon
     (photos / "notes.jpg").write_text("not a photo")
     out = Path("heatmaps")
 
-    result = invoke("explain", "--model-dir", tiny_bundle, photos, "--out", out)
+    result = runner.invoke(
+        app, ["explain", "--model-dir", str(tiny_bundle), str(photos), "--out", str(out)]
+    )
+    assert result.exit_code == 3, result.output  # done, but notes.jpg could not be read
 
     written = sorted(p.name for p in out.iterdir())
     assert written == ["arm.heatmap-2.png", "arm.heatmap.png"]

@@ -66,6 +66,7 @@ def test_killed_commands_leave_the_old_or_the_new_bundle(tmp_path):
 
     table = summarise(outcomes)
     assert all(counts["broken"] == 0 for counts in table.values()), table
+    assert sum(o.left_after_cleanup for o in outcomes) == 0  # the next write tidies up
     assert len(table) == 5 and sum(o.killed for o in outcomes) >= len(outcomes) // 2, table
     for resume in resumes:
         assert (resume.lost, resume.repeated, resume.rows) == (0, 0, len(expected)), resume

@@ -732,6 +732,7 @@ def _percent(probability: float) -> str:
 
 @app.command()
 def explain(
+    ctx: typer.Context,
     model_dir: BundleOpt,
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the heat-map PNGs.")] = Path(
@@ -749,10 +750,12 @@ def explain(
     table = Table("mpox", "band")
     table.add_column("photo", overflow="fold", ratio=1)
     table.add_column("heat map or reason", overflow="fold", ratio=1)
+    unreadable = []
     for item in write_heatmaps(predictor, iter_image_files(paths), out):
         assessment = item.assessment
         if assessment is None:
             table.add_row("", "", str(item.path), f"unreadable: {item.error}")
+            unreadable.append((str(item.path), str(item.error)))
         elif assessment.prediction is None:
             reasons = "; ".join(reason.message for reason in assessment.reasons)
             table.add_row("", "retake", str(item.path), reasons)
@@ -761,6 +764,7 @@ def explain(
             probability = "" if prediction.probability is None else _percent(prediction.probability)
             table.add_row(probability, prediction.band or "", str(item.path), str(item.heatmap))
     console.print(table)
+    note_unreadable(ctx, unreadable)
 
 
 @app.command()
