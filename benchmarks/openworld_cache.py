@@ -30,7 +30,6 @@ from mpoxscan.data.preprocessing import resize_image
 from mpoxscan.data.style import STYLE_PROBES, StyleConfig, random_style
 from mpoxscan.data.transforms import AugmentConfig, build_augmentation, normalize_batch
 from mpoxscan.models import create_model
-from mpoxscan.training.frozen_features import forward_prefix, forward_tail_features
 from openworld_common import SOURCES, Photo, scan_sources, write_index
 
 START = 13  # cache the input of block 13: the last three blocks can be fine-tuned
@@ -113,8 +112,8 @@ def main() -> None:
             pixels = np.asarray(resize_image(decode_image(photo.path), SIZE), dtype=np.uint8)
             views = views_of(pixels, photo.path, source == "msld-v1", augment, style, view_ids)
             x = normalize_batch(torch.stack(views), prep)
-            block_in = forward_prefix(model, x, START)
-            emb = forward_tail_features(model, block_in, START).mean(dim=(2, 3))
+            block_in = model.forward_until(x, START)
+            emb = model.forward_from(block_in, START).mean(dim=(2, 3))
             embs.append(emb.numpy().astype(np.float32))
             blocks.append(block_in.numpy().astype(np.float16))
         np.savez(

@@ -160,7 +160,8 @@ def render_view(
     if style is not None:
         pixels = image.permute(1, 2, 0).contiguous().numpy()
         styled = random_style(pixels, style, np.random.default_rng(seed))
-        x = torch.from_numpy(np.ascontiguousarray(styled)).permute(2, 0, 1).float().div(255.0)
+        # a writable copy: Pillow-backed arrays are read-only
+        x = torch.from_numpy(np.array(styled)).permute(2, 0, 1).float().div(255.0)
     # A private generator state, so caching (which skips this call) changes no other randomness.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
