@@ -269,6 +269,14 @@ CV_FOLD_COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc")
 DataOpt = Annotated[
     Path, typer.Option("--data", help="Dataset folder (DIR/<class> or DIR/Train|Val|Test/<class>).")
 ]
+DataListOpt = Annotated[
+    list[Path],
+    typer.Option(
+        "--data",
+        help="Dataset folder (DIR/<class> or DIR/Train|Val|Test/<class>) or data manifest "
+        "(.toml naming several sources); repeat it to read several sources in one run.",
+    ),
+]
 BundleOpt = Annotated[Path, typer.Option("--model-dir", help="Model bundle directory.")]
 ModelOpt = Annotated[str, typer.Option("--model", help="Architecture from the model registry.")]
 PositiveOpt = Annotated[
@@ -484,8 +492,10 @@ def _configs(options: Mapping[str, Any]):
     (``ctx.params``; a ``--train-config`` JSON file is the base the flags override)."""
     from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig
 
+    data_dir, *more_data = (str(path) for path in options["data"])
     data_cfg = DataConfig(
-        data_dir=str(options["data"]),
+        data_dir=data_dir,
+        more_data=more_data,
         positive=options["positive"],
         multiclass=options["multiclass"],
         patient_pattern=options["patient_pattern"],
@@ -525,7 +535,7 @@ def _feature_options(options: Mapping[str, Any]) -> dict:
 @training_options
 def train(
     ctx: typer.Context,
-    data: DataOpt,
+    data: DataListOpt,
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
     overwrite: Annotated[
         bool, typer.Option(help="Replace the bundle already at --out (else refuse).")
@@ -555,7 +565,7 @@ def train(
 @app.command()
 def evaluate(
     model_dir: BundleOpt,
-    data: DataOpt,
+    data: DataListOpt,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the metrics as JSON here.")
     ] = None,
@@ -873,7 +883,7 @@ def export(
 @training_options
 def cv(
     ctx: typer.Context,
-    data: DataOpt,
+    data: DataListOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for the fold results.")] = Path(
         "runs/cv"
     ),
@@ -917,7 +927,7 @@ def _mean_sd(stats: dict) -> str:
 
 @app.command()
 def audit(
-    data: DataOpt,
+    data: DataListOpt,
     against: Annotated[Path | None, typer.Option(help="A second dataset to compare with.")] = None,
     near_threshold: Annotated[
         int, typer.Option(help="Largest perceptual-hash distance counted as a near-duplicate.")

@@ -23,6 +23,7 @@ from PIL import Image
 
 from mpoxscan.data.datasets import DatasetIndex, ImageRecord, scan_dataset
 from mpoxscan.data.images import decode_image, image_sha256
+from mpoxscan.data.sources import is_manifest, load_sources
 from mpoxscan.data.splits import Fold, Split, check_leaks, grouped_folds, split_dataset
 from mpoxscan.errors import DatasetError, InvalidImageError
 
@@ -167,7 +168,7 @@ class _Hashed:
 
 
 def audit_dataset(
-    root: str | Path,
+    root: str | Path | Sequence[str | Path],
     *,
     against: str | Path | None = None,
     near_threshold: int = 6,
@@ -179,7 +180,9 @@ def audit_dataset(
     """Audit a dataset folder for unreadable files, duplicates and leaks between splits.
 
     Args:
-        root: the dataset folder (pre-split or unsplit, as ``scan_dataset`` reads it).
+        root: the dataset folder (pre-split or unsplit, as ``scan_dataset`` reads it), or data
+            manifests and source folders (several sources; classes are then named
+            ``<source>/<class>``).
         against: another dataset folder (e.g. an external test set) to look for shared photos.
         near_threshold: largest perceptual-hash distance (of 64 bits) counted as the same photo.
         positive: the positive class, as for ``scan_dataset`` (only used to name classes).
@@ -191,7 +194,7 @@ def audit_dataset(
     Returns:
         The ``AuditReport``.
     """
-    index = scan_dataset(root, positive=positive, multiclass=True, patient_pattern=patient_pattern)
+    index = _audit_index(root, positive, patient_pattern)
     log.info("hashing %d photos in %s", len(index.records), index.root)
     hashed = _hash_records(index.records)
     pairs = _near_pairs(hashed.phashes, None, near_threshold)
@@ -236,6 +239,21 @@ def audit_dataset(
             for i, j, d in _near_pairs(hashed.phashes, other_hashed.phashes, near_threshold)
         ]
     return report
+
+
+def _audit_index(
+    root: str | Path | Sequence[str | Path], positive: str | None, patient_pattern: str | None
+) -> DatasetIndex:
+    """One folder as ``scan_dataset`` reads it (every class its own); several sources with
+    their class folders qualified by source, so that each is counted and checked apart."""
+    paths = [root] if isinstance(root, (str, Path)) else list(root)
+    if len(paths) == 1 and not is_manifest(paths[0]):
+        return scan_dataset(
+            paths[0], positive=positive, multiclass=True, patient_pattern=patient_pattern
+        )
+    index = load_sources(paths, positive=positive, patient_pattern=patient_pattern)
+    records = [replace(r, class_name=f"{r.source}/{r.class_name}") for r in index.records]
+    return replace(index, records=records, class_names=sorted({r.class_name for r in records}))
 
 
 def find_split_leaks(split: Split | Fold, near_threshold: int = 6) -> list[str]:

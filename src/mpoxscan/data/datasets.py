@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,8 +40,10 @@ class ImageRecord:
         path: the image file.
         class_name: the folder (class) it was found in.
         label: its model target (index into ``DatasetIndex.classes``).
-        patient: class-qualified patient id, ``"<class_name>/<patient id>"``.
+        patient: the photo group (patient) id: ``"<class_name>/<id>"`` for one dataset
+            folder, ``"<source>/<class_name>/<id>"`` for several sources.
         split: ``"train"``, ``"val"`` or ``"test"`` in a pre-split layout, else ``None``.
+        source: the data source (its name; for one folder, the folder's name).
     """
 
     path: Path
@@ -49,6 +51,7 @@ class ImageRecord:
     label: int
     patient: str
     split: str | None
+    source: str | None = None
 
 
 @dataclass
@@ -63,6 +66,8 @@ class DatasetIndex:
         positive_class: the class screened for, or ``None`` (multi-class without one).
         multiclass: one output per class instead of one positive-vs-rest logit.
         records: every photo, sorted by path.
+        sources: the ``SourceSpec`` of each source of a multi-source index
+            (:mod:`mpoxscan.data.sources`); empty for one dataset folder.
     """
 
     root: Path
@@ -72,6 +77,7 @@ class DatasetIndex:
     positive_class: str | None
     multiclass: bool
     records: list[ImageRecord]
+    sources: list[Any] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """Counts for a quick look: images per class and split, patients per class.
@@ -155,6 +161,7 @@ def scan_dataset(
             label=_label(class_name, classes, positive_class, multiclass),
             patient=f"{class_name}/{patient_id(path, patient_pattern)}",
             split=split,
+            source=root.name,
         )
         for split, class_name, path in found
     ]
@@ -272,6 +279,15 @@ def _split_folders(root: Path) -> dict[str | None, Path]:
                 code="mixed_layout",
             )
     return by_split
+
+
+def find_class_images(root: Path) -> list[tuple[str | None, str, Path]]:
+    """``(split, class name, path)`` of every image of a dataset folder, sorted by path.
+
+    ``split`` is the pre-split folder's split, or ``None`` for an unsplit layout.
+    """
+    split_dirs = _split_folders(root)
+    return _find_images(split_dirs) if split_dirs else _find_images({None: root})
 
 
 def _find_images(bases: dict[str | None, Path]) -> list[tuple[str | None, str, Path]]:

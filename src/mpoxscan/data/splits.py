@@ -6,7 +6,7 @@ patient-independent, and splitting a patient's photos across train and test infl
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,13 +27,17 @@ class Split:
 
 @dataclass
 class Fold:
-    """One cross-validation fold: ``index`` within repeat ``repeat`` (both from 0)."""
+    """One cross-validation fold: ``index`` within repeat ``repeat`` (both from 0).
+
+    ``left_out`` names the source a leave-one-source-out fold keeps out of training.
+    """
 
     index: int
     repeat: int
     train: list[ImageRecord]
     val: list[ImageRecord]
     test: list[ImageRecord]
+    left_out: str | None = None
 
 
 def split_dataset(
@@ -89,6 +93,9 @@ def grouped_folds(
 ) -> list[Fold]:
     """Stratified, patient-grouped K-fold cross-validation.
 
+    Strata are classes, or source and class when the records come from several sources (see
+    :func:`group_strata`).
+
     Each photo is in exactly one test fold per repeat; each fold's validation part is
     ``val_fraction`` of its training patients (per class). Repeat ``r`` reshuffles with seed
     ``seed + r``.
@@ -116,7 +123,8 @@ def grouped_folds(
             "use fewer folds or add patients.",
             code="too_few_patients",
         )
-    strata = np.array([r.class_name for r in records])
+    by_group = group_strata(records, min_groups=n_folds)
+    strata = np.array([by_group[r.patient] for r in records])
     groups = np.array([r.patient for r in records])
     folds = []
     for repeat in range(repeats):
@@ -130,6 +138,68 @@ def grouped_folds(
             )
             test = [records[i] for i in test_idx]
             folds.append(Fold(index=k, repeat=repeat, train=train, val=val, test=test))
+    return folds
+
+
+def leave_source_out_folds(
+    records: list[ImageRecord],
+    *,
+    repeats: int = 1,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+) -> list[Fold]:
+    """Leave-one-source-out folds: each trains on all sources but one and tests the one left out.
+
+    Every source without an mpox photo is left out once. The sources with mpox photos (MSLD)
+    are never left out whole: their photo groups are split into as many stratified, grouped
+    parts as there are folds, and fold ``i`` also tests part ``i``, so mpox sensitivity is
+    always measured on unseen patients and every photo is tested once per repeat. Photo groups
+    are whole: a group that reaches into a fold's test photos (a copy merged across sources)
+    is tested with them, never trained on.
+
+    Args:
+        records: the photos of several sources (``ImageRecord.source`` set).
+        repeats: how many times to repeat with reshuffled parts (seed ``seed + r``).
+        val_fraction: share of each fold's training groups (per stratum) held out for
+            validation.
+        seed: the same seed gives the same folds.
+
+    Returns:
+        One fold per non-mpox source per repeat, ``left_out`` naming the source.
+
+    Raises:
+        DatasetError: fewer than two sources without mpox, or no source with mpox
+            (``too_few_sources``).
+    """
+    _check_fraction("val_fraction", val_fraction, allow_zero=True)
+    sources = list(dict.fromkeys(r.source for r in records))
+    with_mpox = {r.source for r in records if r.label == 1}
+    left_outs = [s for s in sources if s not in with_mpox]
+    if len(left_outs) < 2 or not with_mpox:
+        raise DatasetError(
+            f"Leave-one-source-out needs a source with mpox photos and at least two without "
+            f"(found {len(with_mpox)} with and {len(left_outs)} without: "
+            f"{', '.join(map(str, sources))}); add sources or use plain cross-validation.",
+            code="too_few_sources",
+        )
+    mpox_records = [r for r in records if r.source in with_mpox]
+    folds = []
+    for repeat in range(repeats):
+        parts = grouped_folds(
+            mpox_records, n_folds=len(left_outs), val_fraction=0.0, seed=seed + repeat
+        )
+        for k, (source, part) in enumerate(zip(left_outs, parts, strict=True)):
+            tested = {r.patient for r in part.test} | {
+                r.patient for r in records if r.source == source
+            }
+            pool = [r for r in records if r.patient not in tested]
+            test = [r for r in records if r.patient in tested]
+            train, val = (
+                _carve_by_patient(pool, val_fraction, seed + repeat)
+                if val_fraction > 0
+                else (pool, [])
+            )
+            folds.append(Fold(k, repeat, train, val, test, left_out=source))
     return folds
 
 
@@ -156,38 +226,77 @@ def _check_fraction(name: str, value: float, *, allow_zero: bool) -> None:
         raise ValueError(f"{name} must satisfy {bound} {name} < 1, got {value}.")
 
 
+def stratum_of(record: ImageRecord, several_sources: bool) -> str:
+    """The stratum a photo is balanced by: its class, qualified by its source when a run reads
+    several sources (``"<source>/<class>"``)."""
+    if several_sources and record.source is not None:
+        return f"{record.source}/{record.class_name}"
+    return record.class_name
+
+
+def group_strata(records: list[ImageRecord], min_groups: int) -> dict[str, str]:
+    """The stratum of each photo group: the source and class of its first photo.
+
+    With several sources, a stratum with fewer than ``min_groups`` groups (a rare class of one
+    source) is pooled into ``"<source>/*"``, so that every stratum can be spread over the parts;
+    with one source every class is its own stratum (and too few patients is an error later).
+
+    Args:
+        records: the photos.
+        min_groups: the fewest groups a stratum needs (the number of parts to spread it over).
+
+    Returns:
+        ``{group id: stratum}``.
+    """
+    several = len({r.source for r in records}) > 1
+    stratum: dict[str, str] = {}
+    for record in records:
+        stratum.setdefault(record.patient, stratum_of(record, several))
+    if not several:
+        return stratum
+    sizes = Counter(stratum.values())
+    source_of = {r.patient: r.source for r in records}
+    return {
+        group: name if sizes[name] >= min_groups else f"{source_of[group]}/*"
+        for group, name in stratum.items()
+    }
+
+
 def _carve_by_patient(
     records: list[ImageRecord], fraction: float, seed: int
 ) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """Hold out ``fraction`` of each class's patients; returns ``(kept, held_out)``.
+    """Hold out ``fraction`` of each stratum's patients; returns ``(kept, held_out)``.
 
-    Patients are class-qualified, so each one belongs to a single class and splitting class by
-    class stratifies exactly.
+    Strata are classes (with several sources: source and class, see :func:`group_strata`);
+    whole photo groups are held out, so a group merged across classes stays on one side. With
+    several sources a stratum of a single group stays in training.
     """
-    by_class: dict[str, list[int]] = defaultdict(list)
-    for i, record in enumerate(records):
-        by_class[record.class_name].append(i)
-    held_out: set[int] = set()
-    for class_name in sorted(by_class):
-        members = by_class[class_name]
-        groups = [records[i].patient for i in members]
-        n_patients = len(set(groups))
-        if n_patients < 2:
+    strata = group_strata(records, min_groups=2)
+    several = len({r.source for r in records}) > 1
+    members: dict[str, list[str]] = defaultdict(list)
+    for group, name in strata.items():
+        members[name].append(group)
+    held_groups: set[str] = set()
+    for name in sorted(members):
+        groups = members[name]
+        if len(groups) < 2:
+            if several:
+                continue
             raise DatasetError(
-                f"Class {class_name!r} has {n_patients} patient(s) here, too few to split by "
+                f"Class {name!r} has {len(groups)} patient(s) here, too few to split by "
                 "patient; add photos of more patients or use a smaller split fraction.",
                 code="too_few_patients",
             )
         splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
         try:
-            _, held_idx = next(splitter.split(members, groups=groups))
+            _, held_idx = next(splitter.split(groups, groups=groups))
         except ValueError as exc:
             raise DatasetError(
-                f"Class {class_name!r} has too few patients ({n_patients}) for a "
+                f"Class {name!r} has too few patients ({len(groups)}) for a "
                 f"{fraction:.0%} hold-out; add patients or change the split fractions.",
                 code="too_few_patients",
             ) from exc
-        held_out.update(members[j] for j in held_idx)
-    kept = [r for i, r in enumerate(records) if i not in held_out]
-    held = [r for i, r in enumerate(records) if i in held_out]
+        held_groups.update(groups[j] for j in held_idx)
+    kept = [r for r in records if r.patient not in held_groups]
+    held = [r for r in records if r.patient in held_groups]
     return kept, held

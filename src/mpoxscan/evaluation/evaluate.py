@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from mpoxscan.data.audit import merge_duplicates
-from mpoxscan.data.datasets import DatasetIndex, ImageRecord, fingerprint_records, scan_dataset
+from mpoxscan.data.datasets import DatasetIndex, ImageRecord, fingerprint_records
 from mpoxscan.data.images import decode_image
+from mpoxscan.data.sources import load_sources
 from mpoxscan.data.splits import split_dataset
 from mpoxscan.errors import DatasetError, InvalidImageError
 from mpoxscan.evaluation.metrics import screening_metrics, to_jsonable
@@ -86,13 +88,14 @@ def _predict_records(
 
 
 def evaluate_bundle(
-    bundle_dir: Path, data_dir: Path, *, plots_dir: Path | None = None
+    bundle_dir: Path, data: Path | Sequence[Path], *, plots_dir: Path | None = None
 ) -> EvaluationReport:
     """Evaluate a bundle on a dataset with patient-grouped confidence intervals.
 
     Args:
         bundle_dir: the model bundle.
-        data_dir: a dataset in either layout.
+        data: a dataset folder in either layout, a data manifest, or several of them
+            (see :func:`~mpoxscan.data.sources.load_sources`).
         plots_dir: where to write ``confusion_matrix.png`` and ``roc.png`` (skipped if None).
 
     Returns:
@@ -101,8 +104,8 @@ def evaluate_bundle(
     predictor = Predictor.load(bundle_dir)
     meta = predictor.meta_
     data_cfg = meta.config.get("data", {})
-    index = scan_dataset(
-        data_dir,
+    index = load_sources(
+        [data] if isinstance(data, (str, Path)) else list(data),
         positive=predictor.positive_class_,
         multiclass=meta.multiclass,
         patient_pattern=data_cfg.get("patient_pattern"),
@@ -111,7 +114,7 @@ def evaluate_bundle(
     proba, kept, skipped = _predict_records(predictor, records)
     if not kept:
         raise DatasetError(
-            f"None of the {len(records)} photos in {data_dir} could be read, so there is "
+            f"None of the {len(records)} photos in {data} could be read, so there is "
             "nothing to evaluate. Check that the folder holds JPEG or PNG photos.",
             code="no_readable_photos",
         )
@@ -128,4 +131,4 @@ def evaluate_bundle(
 def _label_in_bundle(record: ImageRecord, index: DatasetIndex, predictor: Predictor) -> int:
     if index.multiclass:
         return predictor.classes_.index(record.class_name)
-    return int(record.class_name == predictor.positive_class_)
+    return record.label

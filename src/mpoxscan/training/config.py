@@ -31,9 +31,14 @@ def _from_dict(cls, values: dict[str, Any]):
 
 @dataclass
 class DataConfig:
-    """Where the photos are and how they become labelled, patient-grouped splits."""
+    """Where the photos are and how they become labelled, patient-grouped splits.
+
+    ``data_dir`` and each of ``more_data`` is a dataset folder or a data manifest (``*.toml``,
+    see :mod:`mpoxscan.data.sources`); more than one source makes a multi-source run.
+    """
 
     data_dir: str
+    more_data: list[str] = field(default_factory=list)
     # None: the class whose folder name matches mpox/monkeypox.
     positive: str | None = None
     multiclass: bool = False
@@ -47,6 +52,11 @@ class DataConfig:
             value = getattr(self, name)
             if not 0.0 < value < 0.5:
                 raise ValueError(f"DataConfig.{name} must be between 0 and 0.5, got {value}")
+
+    @property
+    def paths(self) -> list[str]:
+        """Every data path given: ``data_dir`` then ``more_data``."""
+        return [self.data_dir, *self.more_data]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataConfig:

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from mpoxscan.data.audit import find_split_leaks, merge_duplicates
-from mpoxscan.data.datasets import DatasetIndex, scan_dataset
+from mpoxscan.data.datasets import DatasetIndex
 from mpoxscan.data.loading import ImageDataset
 from mpoxscan.data.preprocessing import Preprocessing
+from mpoxscan.data.sources import load_sources
 from mpoxscan.data.splits import Split
 from mpoxscan.data.transforms import normalize_batch
 from mpoxscan.evaluation.calibration import calibrate_logits, calibrated_probabilities
@@ -39,9 +40,9 @@ from mpoxscan.training.loop import FitResult, fit, predict_logits
 
 
 def load_index(data_cfg: DataConfig) -> DatasetIndex:
-    """Scan the dataset; copies of one photo under two patient ids become one patient."""
-    index = scan_dataset(
-        data_cfg.data_dir,
+    """Read the data source(s); copies of one photo under two patient ids become one patient."""
+    index = load_sources(
+        data_cfg.paths,
         positive=data_cfg.positive,
         multiclass=data_cfg.multiclass,
         patient_pattern=data_cfg.patient_pattern,

@@ -14,6 +14,7 @@ from torch import nn
 from mpoxscan.data.datasets import DatasetIndex, ImageRecord, fingerprint_records
 from mpoxscan.data.loading import ImageDataset
 from mpoxscan.data.preprocessing import Preprocessing
+from mpoxscan.data.sources import sources_summary
 from mpoxscan.data.splits import Split, split_dataset
 from mpoxscan.evaluation.metrics import screening_metrics, to_jsonable
 from mpoxscan.evaluation.plots import plot_test_results, plot_training_curves
@@ -188,6 +189,7 @@ def _bundle_meta(
         "data_fingerprint": fingerprint_records(index.records),
         "data": {
             "layout": index.layout,
+            "sources": sources_summary(index),
             "splits": {name: _split_counts(datasets[name].records) for name in _SPLITS},
         },
         "training": {"history": result.history, "best_epoch": result.best_epoch},
