@@ -575,10 +575,11 @@ def evaluate(
 ) -> None:
     """Measure a bundle on a dataset's test split (or on all of it when it has no split)."""
     from mpoxscan.evaluation.evaluate import evaluate_bundle
-    from mpoxscan.evaluation.tables import metrics_table
+    from mpoxscan.evaluation.tables import metrics_table, per_source_table
 
     report = evaluate_bundle(model_dir, data, plots_dir=plots_dir or model_dir / "evaluation")
     console.print(metrics_table(report.metrics, title=f"Evaluation on {report.description}"))
+    console.print(per_source_table(report.per_source, "Photos per source"))
     for plot in report.plots:
         console.print(f"wrote {plot}")
     if json_out:
@@ -889,17 +890,33 @@ def cv(
     ),
     folds: Annotated[int, typer.Option(help="Number of patient-grouped folds.", min=2)] = 5,
     repeats: Annotated[int, typer.Option(help="Repeats with reshuffled folds.", min=1)] = 1,
+    leave_source_out: Annotated[
+        bool,
+        typer.Option(
+            "--leave-source-out",
+            help="Train on all sources but one and test the one left out, for every source "
+            "without mpox photos; the mpox sources are split by patient across these folds.",
+        ),
+    ] = False,
     **options: Any,
 ) -> None:
     """Cross-validate a recipe with patient-grouped, stratified folds."""
-    from mpoxscan.evaluation.tables import cv_summary_table, folds_table
+    from mpoxscan.evaluation.tables import cv_summary_table, folds_table, per_source_table
     from mpoxscan.training.cv import run_cv
 
     configs = _configs(ctx.params)  # the options above, by name
-    summary = run_cv(*configs, out, folds=folds, repeats=repeats, command=_command_line(ctx))
+    summary = run_cv(
+        *configs,
+        out,
+        folds=folds,
+        repeats=repeats,
+        leave_source_out=leave_source_out,
+        command=_command_line(ctx),
+    )
     per_fold = {key: summary["mean_std"][key] for key in CV_FOLD_COLUMNS}
     console.print(folds_table(summary["folds"], per_fold, with_mean=False))
     console.print(cv_summary_table(summary["mean_std"], summary["pooled"], len(summary["folds"])))
+    console.print(per_source_table(summary["per_source"], "Out-of-fold photos per source"))
     console.print(f"wrote {out / 'summary.json'} and {out / 'oof.csv'}", soft_wrap=True)
 
 

@@ -10,6 +10,8 @@ import re
 import pytest
 from PIL import Image
 
+from mpoxscan.evaluation.metrics import to_jsonable
+from mpoxscan.evaluation.per_source import ScoredPhotos, per_source_figures
 from mpoxscan.evaluation.report import write_report
 from mpoxscan.evaluation.tables import format_ci, format_number
 
@@ -100,3 +102,32 @@ def test_networks_keep_epochs_and_every_table_can_scroll(page):
     assert (
         page.count("<table>") == page.count('<div class="scroll">\n<table>') + 2
     )  # data, versions
+
+
+def test_per_source_table_and_bar_chart(tmp_path, cv_dir_factory):
+    cv_dir = cv_dir_factory(tmp_path / "cv", folds=2, repeats=1, patients=12)
+    summary = json.loads((cv_dir / "summary.json").read_text())
+    photos = ScoredPhotos.build(
+        ["web", "web", "web", "clinic", "clinic"],
+        ["Monkey Pox", "Monkey Pox", "Others", "Healthy", "Healthy"],
+        [1, 1, 0, 0, 0],
+        ["p1", "p2", "o1", "h1", "h2"],
+        [0.9, 0.2, 0.6, 0.7, 0.1],
+        threshold=0.5,
+        refused=[False, False, False, False, True],
+    )
+    summary["per_source"] = per_source_figures(photos)
+    summary["config"]["leave_source_out"] = True
+    summary["folds"] = [{**fold, "history": []} for fold in summary["folds"]]
+    (cv_dir / "summary.json").write_text(json.dumps(to_jsonable(summary)))
+    page = write_report(cv_dir, tmp_path / "r.html").read_text(encoding="utf-8")
+    section = page.split('<section id="sources">', 1)[1].split("</section>", 1)[0]
+    assert "Leave-one-source-out" in section
+    healthy = section.split("<td>clinic</td><td>Healthy</td>", 1)[1].split("</tr>", 1)[0]
+    # 1 of 2 healthy photos called mpox, 1 of 2 refused; Wilson 1/2 is 9.5%-90.5%
+    assert healthy.count("50.0% (9.5–90.5)") == 3
+    mpox = section.split("<td>web</td><td>Monkey Pox</td>", 1)[1].split("</tr>", 1)[0]
+    assert mpox.count("50.0% (9.5–90.5)") == 3  # called, at 0.5, and the sensitivity
+    # the bar chart joins the four other plots
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 5
+    assert "Called mpox and refused, per source" in page

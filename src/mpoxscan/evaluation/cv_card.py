@@ -26,6 +26,7 @@ IGNORED_SETTINGS = frozenset(
         "train.seed",
         "train.features.cache_dir",
         "data.data_dir",
+        "data.more_data",
         "data.val_fraction",
         "data.test_fraction",
         "folds",

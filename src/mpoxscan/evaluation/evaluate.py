@@ -17,6 +17,7 @@ from mpoxscan.data.sources import load_sources
 from mpoxscan.data.splits import split_dataset
 from mpoxscan.errors import DatasetError, InvalidImageError
 from mpoxscan.evaluation.metrics import screening_metrics, to_jsonable
+from mpoxscan.evaluation.per_source import ScoredPhotos, per_source_figures
 from mpoxscan.evaluation.plots import plot_test_results
 from mpoxscan.inference.bundle import BundleMeta
 from mpoxscan.inference.predictor import Predictor
@@ -32,6 +33,9 @@ class EvaluationReport:
     metrics: dict[str, Any]
     plots: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: Per source and class (binary bundles): called mpox, refused, sensitivity; see
+    #: :func:`~mpoxscan.evaluation.per_source.per_source_figures`.
+    per_source: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (NaN becomes null)."""
@@ -39,6 +43,7 @@ class EvaluationReport:
             {
                 "evaluated_on": self.description,
                 "metrics": self.metrics,
+                "per_source": self.per_source,
                 "plots": [str(p) for p in self.plots],
                 "skipped": self.skipped,
             }
@@ -69,8 +74,10 @@ def evaluation_records(index: DatasetIndex, meta: BundleMeta) -> tuple[list[Imag
 
 def _predict_records(
     predictor: Predictor, records: list[ImageRecord]
-) -> tuple[np.ndarray, list[ImageRecord], list[str]]:
-    kept, skipped, chunks = [], [], []
+) -> tuple[np.ndarray, np.ndarray, list[ImageRecord], list[str]]:
+    """Probabilities of every readable photo, whether the page would refuse it ("retake"),
+    the records kept and the files skipped."""
+    kept, skipped, chunks, refusals = [], [], [], []
     for start in range(0, len(records), BATCH_SIZE):
         images = []
         for record in records[start : start + BATCH_SIZE]:
@@ -81,10 +88,28 @@ def _predict_records(
                 warnings.warn(f"skipping {record.path}: {error}", stacklevel=2)
                 skipped.append(str(record.path))
         if images:
-            chunks.append(predictor.predict_proba(images))
+            proba, refused = _assess(predictor, images)
+            chunks.append(proba)
+            refusals.append(refused)
     n_classes = len(predictor.classes_)
     proba = np.concatenate(chunks) if chunks else np.empty((0, n_classes))
-    return proba, kept, skipped
+    refused = np.concatenate(refusals) if refusals else np.empty(0, bool)
+    return proba, refused, kept, skipped
+
+
+def _assess(predictor: Predictor, images: list) -> tuple[np.ndarray, np.ndarray]:
+    """As the page does (photo checks, out-of-domain check), with the probabilities of the
+    refused photos computed too, for the figures that ignore refusals."""
+    assessments = predictor.assess_many(images)
+    refused = np.array([not a.ok for a in assessments], dtype=bool)
+    proba = np.empty((len(images), len(predictor.classes_)))
+    for i, assessment in enumerate(assessments):
+        if assessment.prediction is not None:
+            probabilities = assessment.prediction.probabilities
+            proba[i] = [probabilities[name] for name in predictor.classes_]
+    if refused.any():
+        proba[refused] = predictor.predict_proba([images[i] for i in np.flatnonzero(refused)])
+    return proba, refused
 
 
 def evaluate_bundle(
@@ -111,7 +136,7 @@ def evaluate_bundle(
         patient_pattern=data_cfg.get("patient_pattern"),
     )
     records, description = evaluation_records(index, meta)
-    proba, kept, skipped = _predict_records(predictor, records)
+    proba, refused, kept, skipped = _predict_records(predictor, records)
     if not kept:
         raise DatasetError(
             f"None of the {len(records)} photos in {data} could be read, so there is "
@@ -122,7 +147,14 @@ def evaluate_bundle(
     classes, threshold, binary = predictor.classes_, predictor.threshold_, not meta.multiclass
     groups = [r.patient for r in kept]
     metrics = screening_metrics(labels, proba, classes, threshold, binary, groups)
-    report = EvaluationReport(description, metrics, skipped=skipped)
+    per_source = []
+    if binary:
+        sources = [r.source for r in kept]
+        photos = ScoredPhotos.build(
+            sources, [r.class_name for r in kept], labels, groups, proba[:, 1], threshold, refused
+        )
+        per_source = per_source_figures(photos)
+    report = EvaluationReport(description, metrics, skipped=skipped, per_source=per_source)
     if plots_dir is not None and len(kept):
         report.plots = plot_test_results(plots_dir, labels, proba, classes, threshold, binary)
     return report

@@ -34,6 +34,9 @@ TRAINING_CURVES_SIZE = (10.0, 4.0)
 CONFUSION_SIZE = (5.5, 4.5)
 CURVE_SIZE = (6.0, 5.0)
 RELIABILITY_SIZE = (6.0, 6.0)
+#: Width, and height per row, of :func:`plot_per_source` (inches).
+PER_SOURCE_WIDTH = 9.0
+PER_SOURCE_ROW = 0.32
 #: Inches per cell of :func:`plot_samples_grid`.
 SAMPLE_CELL_SIZE = 3.0
 
@@ -197,6 +200,52 @@ def plot_test_results(
     if binary:
         paths.append(plot_roc(labels, proba[:, 1], out / "roc.png"))
     return paths
+
+
+def plot_per_source(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Share called mpox (with its 95% interval) and share refused, per source and class.
+
+    One pair of horizontal bars per row of ``per_source_figures``: the share called mpox at
+    the screening threshold (red for mpox rows, where it is the sensitivity; blue otherwise)
+    and, thinner and grey, the share refused. The figure is :data:`PER_SOURCE_WIDTH` inches
+    wide and :data:`PER_SOURCE_ROW` inches tall per row (plus a margin).
+
+    Args:
+        rows: the per-source rows (``source``, ``class``, ``label``, ``called``,
+            ``called_ci``, ``refused``).
+        path: the PNG to write.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    if not rows:
+        raise ValueError("no per-source rows to plot")
+    n = len(rows)
+    fig = _figure((PER_SOURCE_WIDTH, 1.4 + PER_SOURCE_ROW * n))
+    ax = fig.subplots()
+    y = np.arange(n)[::-1].astype(float)
+    called = np.array([_finite_or_zero(r.get("called")) for r in rows])
+    low = np.array([_finite_or_zero((r.get("called_ci") or [None, None])[0]) for r in rows])
+    high = np.array([_finite_or_zero((r.get("called_ci") or [None, None])[1]) for r in rows])
+    refused = np.array([_finite_or_zero(r.get("refused")) for r in rows])
+    colours = ["#c0392b" if r.get("label") == "mpox" else "#2e6da4" for r in rows]
+    errors = np.vstack([np.maximum(called - low, 0), np.maximum(high - called, 0)])
+    ax.barh(y + 0.17, called, height=0.34, color=colours, xerr=errors, capsize=2)
+    ax.barh(y - 0.17, refused, height=0.22, color="#9e9e9e")
+    labels = [
+        f"{r['source']} / {r['class']}" + (" (mpox)" if r.get("label") == "mpox" else "")
+        for r in rows
+    ]
+    ax.set_yticks(y, labels=labels, fontsize="small")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("Share of photos (bars: called mpox with 95% CI; grey: refused)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Called mpox and refused, per source and class")
+    return _save(fig, path)
+
+
+def _finite_or_zero(value: Any) -> float:
+    return float(value) if value is not None and math.isfinite(float(value)) else 0.0
 
 
 def plot_roc(

@@ -24,6 +24,8 @@ import numpy as np
 from mpoxscan._version import __version__
 from mpoxscan.evaluation import plots
 from mpoxscan.evaluation.metrics import binary_metrics
+from mpoxscan.evaluation.per_source import COLUMNS as PER_SOURCE_COLUMNS
+from mpoxscan.evaluation.per_source import per_source_cells
 from mpoxscan.evaluation.tables import (
     METRIC_LABELS,
     format_ci,
@@ -99,7 +101,8 @@ def read_oof(path: Path, positive_class: str | None = None) -> OutOfFold:
     Args:
         path: the CSV file.
         positive_class: the positive class name; a row is positive when its class is this
-            one. Without it the ``label`` column (1 = positive) is used.
+            one. Without it, or when the file has a ``source`` column (several sources, whose
+            mpox folders may be named differently), the ``label`` column (1 = positive) is used.
 
     Returns:
         An :class:`OutOfFold` with one entry per row.
@@ -112,7 +115,7 @@ def read_oof(path: Path, positive_class: str | None = None) -> OutOfFold:
     if not rows or missing:
         raise ValueError(f"{path} has no rows or lacks columns {missing}; rerun `mpoxscan cv`")
     classes = np.array([row["class"] for row in rows])
-    if positive_class is None:
+    if positive_class is None or "source" in rows[0]:  # several sources: mpox folders vary
         y = np.array([int(row["label"]) for row in rows])
     else:
         y = (classes == positive_class).astype(int)
@@ -154,6 +157,9 @@ def render_report(
         data_rows=_data_rows(summary.get("data", {})),
         pooled_caption=sample_caption(pooled),
         pooled_rows=_pooled_rows(pooled),
+        source_header=list(PER_SOURCE_COLUMNS),
+        source_rows=per_source_cells(summary.get("per_source") or []),
+        leave_source_out=bool(summary.get("config", {}).get("leave_source_out")),
         mean_std_rows=_mean_std_rows(summary.get("mean_std", {})),
         screening_rows=_mean_std_rows(summary.get("screening_mean_std", {})),
         target=_target_sensitivity(summary),
@@ -241,6 +247,16 @@ def _figures(
             plots.plot_pr(ys, ps, tmp / "pr.png", label=names, highlight=highlight),
         ),
     ]
+    if summary.get("per_source"):
+        figures.append(
+            _embed(
+                "Called mpox and refused, per source",
+                "Each source and class: the share of photos called mpox at their fold's "
+                "screening threshold (95% Wilson interval; for mpox rows the sensitivity) "
+                "and, in grey, the share refused as out of domain.",
+                plots.plot_per_source(summary["per_source"], tmp / "per_source.png"),
+            )
+        )
     matrix, classes = _confusion(summary, pooled)
     if matrix is not None:
         figures.append(
@@ -521,6 +537,26 @@ pre { background: #f5f5f7; padding: 0.7rem; overflow-x: auto; font-size: 0.85rem
 </table>
 </div>
 </section>
+
+{% if source_rows %}
+<section id="sources">
+<h2>Per source and class</h2>
+<div class="scroll">
+<table>
+<caption>Out-of-fold photos of the first repeat, each at its fold's screening threshold.
+{%- if leave_source_out %} Leave-one-source-out: every source without mpox photos was scored
+by a model that never saw any photo of it; the mpox source was split by patient.{% endif %}
+Called mpox: assessed and at or above the threshold; refused: out of domain ("retake");
+sensitivity: mpox photos called mpox (a refused one is a miss). 95% Wilson intervals over
+photos.</caption>
+<thead><tr>{% for cell in source_header %}<th>{{ cell }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in source_rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</tbody>
+</table>
+</div>
+</section>
+{% endif %}
 
 <section id="folds">
 <h2>Across folds</h2>

@@ -10,6 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
+from mpoxscan.evaluation.per_source import COLUMNS, per_source_cells
+
 #: Display names, in display order, of the metrics a table shows when present.
 METRIC_LABELS: dict[str, str] = {
     "accuracy": "Accuracy",
@@ -305,3 +307,25 @@ def _listed(cases: Sequence[str]) -> str:
     shown = "\n".join(cases[:AUDIT_LISTED])
     more = len(cases) - AUDIT_LISTED
     return shown + (f"\n… and {more} more" if more > 0 else "")
+
+
+def per_source_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
+    """Per-source figures (``per_source_figures``) with their 95% Wilson intervals.
+
+    Args:
+        rows: the rows, one per source and class.
+        title: the table title.
+
+    Returns:
+        A :class:`rich.table.Table`.
+    """
+    table = Table(
+        title=title,
+        caption="Called mpox: assessed and at or above the screening threshold; refused: "
+        "'retake'; sensitivity: mpox photos called mpox. 95% Wilson intervals.",
+    )
+    for index, column in enumerate(COLUMNS):
+        table.add_column(column, justify="left" if index < 2 else "right")
+    for cells in per_source_cells(list(rows)):
+        table.add_row(*cells)
+    return table

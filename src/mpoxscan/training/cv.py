@@ -20,7 +20,8 @@ import numpy as np
 from mpoxscan._version import __version__
 from mpoxscan.data.datasets import DatasetIndex, fingerprint_records
 from mpoxscan.data.loading import ImageDataset
-from mpoxscan.data.splits import Fold, Split, grouped_folds
+from mpoxscan.data.sources import sources_summary
+from mpoxscan.data.splits import Fold, Split, grouped_folds, leave_source_out_folds
 from mpoxscan.evaluation.metrics import (
     SUMMARY_METRICS,
     binary_metrics,
@@ -28,6 +29,7 @@ from mpoxscan.evaluation.metrics import (
     summarize_folds,
     to_jsonable,
 )
+from mpoxscan.evaluation.per_source import ScoredPhotos, per_source_figures
 from mpoxscan.training.config import (
     DataConfig,
     ModelConfig,
@@ -40,6 +42,7 @@ from mpoxscan.training.loop import num_outputs_of
 from mpoxscan.training.recipes import (
     build_model,
     calibrate_and_score,
+    fit_ood,
     fit_recipe,
     load_index,
     num_outputs_for,
@@ -48,7 +51,18 @@ from mpoxscan.training.recipes import (
 
 log = logging.getLogger(__name__)  # progress: one line per fold (the CLI shows it)
 
-OOF_COLUMNS = ("file", "patient", "class", "label", "fold", "repeat", "probability")
+OOF_COLUMNS = (
+    "file",
+    "patient",
+    "class",
+    "label",
+    "fold",
+    "repeat",
+    "probability",
+    "source",
+    "threshold",
+    "refused",
+)
 
 
 def run_fold(
@@ -86,9 +100,12 @@ def run_fold(
     proba, labels, threshold = scored.proba, scored.labels, scored.threshold
     records = test_ds.records
     patients = [r.patient for r in records]
+    ood = fit_ood(fitted.embeddings(train_ds), train_ds)
+    refused = ood.is_out_of_domain(fitted.embeddings(test_ds))
     entry = {
         "fold": fold.index,
         "repeat": fold.repeat,
+        "left_out": fold.left_out,
         "best_epoch": result.best_epoch,
         "temperature": scored.temperature,
         "threshold": threshold,
@@ -101,6 +118,7 @@ def run_fold(
         "history": result.history,
         "n_test_images": len(records),
         "n_test_patients": len({r.patient for r in records}),
+        "n_refused": int(refused.sum()),
     }
     rows = [
         {
@@ -111,8 +129,11 @@ def run_fold(
             "fold": fold.index,
             "repeat": fold.repeat,
             "probability": float(p[-1] if binary else p[label]),
+            "source": record.source,
+            "threshold": threshold,
+            "refused": int(out),
         }
-        for record, label, p in zip(records, labels, proba, strict=True)
+        for record, label, p, out in zip(records, labels, proba, refused, strict=True)
     ]
     return entry, rows
 
@@ -128,6 +149,14 @@ def pooled_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     )
 
 
+def source_figures(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-source figures over the out-of-fold rows of the first repeat, each photo judged at its
+    fold's screening threshold (see :mod:`mpoxscan.evaluation.per_source`)."""
+    first = [row for row in rows if row["repeat"] == 0]
+    columns = ("source", "class", "label", "patient", "probability", "threshold", "refused")
+    return per_source_figures(ScoredPhotos.build(*([row[c] for row in first] for c in columns)))
+
+
 def fold_figures(entries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary's figures: pooled out-of-fold metrics, and the mean ± SD over folds at
     p = 0.5 (``mean_std``) and at each fold's screening threshold (``screening_mean_std``).
@@ -138,6 +167,7 @@ def fold_figures(entries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> d
     """
     return {
         "pooled": pooled_metrics(rows),
+        "per_source": source_figures(rows),
         "mean_std": summarize_folds([e["metrics"] for e in entries], SUMMARY_METRICS),
         "screening_mean_std": summarize_folds(
             [e["screening_metrics"] for e in entries], SUMMARY_METRICS
@@ -176,10 +206,16 @@ def run_cv(
     *,
     folds: int = 5,
     repeats: int = 1,
+    leave_source_out: bool = False,
     command: str = "",
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Cross-validate a recipe with stratified, patient-grouped folds.
+
+    With several sources, folds are stratified by source and class. ``leave_source_out``
+    instead trains on all sources but one and tests the one left out, for every source without
+    mpox photos, while the mpox sources are split by patient across those folds (see
+    :func:`~mpoxscan.data.splits.leave_source_out_folds`).
 
     Args:
         data_cfg: the dataset (an unsplit layout: every photo is tested once per repeat).
@@ -188,6 +224,7 @@ def run_cv(
         out_dir: folder for ``summary.json`` and ``oof.csv``.
         folds: number of folds K.
         repeats: number of reshuffled repeats R.
+        leave_source_out: leave-one-source-out folds instead of K folds.
         command: the command line, recorded in the summary.
         show_progress: draw per-epoch progress bars (fine-tuning).
 
@@ -201,14 +238,20 @@ def run_cv(
     out_dir.mkdir(parents=True, exist_ok=True)
     entries, rows = [], []
     cache = FeatureCache(train_cfg.features.cache_dir)
-    all_folds = grouped_folds(index.records, n_folds=folds, repeats=repeats, seed=train_cfg.seed)
+    if leave_source_out:
+        all_folds = leave_source_out_folds(index.records, repeats=repeats, seed=train_cfg.seed)
+    else:
+        all_folds = grouped_folds(
+            index.records, n_folds=folds, repeats=repeats, seed=train_cfg.seed
+        )
     log.info(
-        "cross-validating %s (%s) on %d photos: %d folds x %d repeats",
+        "cross-validating %s (%s) on %d photos: %d folds x %d repeats%s",
         model_cfg.name,
         train_cfg.recipe,
         len(index.records),
-        folds,
+        len(all_folds) // repeats,
         repeats,
+        " (leave one source out)" if leave_source_out else "",
     )
     for number, fold in enumerate(all_folds, start=1):
         start = time.perf_counter()
@@ -232,7 +275,8 @@ def run_cv(
             "command": command,
             "versions": _versions(),
             "config": config_dict(data_cfg, model_cfg, train_cfg)
-            | {"folds": folds, "repeats": repeats},
+            | {"folds": len(all_folds) // repeats, "repeats": repeats}
+            | ({"leave_source_out": True} if leave_source_out else {}),
             "classes": index.classes,
             "positive_class": index.positive_class,
             "data": {
@@ -243,6 +287,7 @@ def run_cv(
                     name: sum(r.class_name == name for r in index.records)
                     for name in index.class_names
                 },
+                "sources": sources_summary(index),
             },
             **fold_figures(entries, rows),
             "folds": entries,

@@ -20,7 +20,6 @@ from mpoxscan.evaluation.metrics import screening_metrics, to_jsonable
 from mpoxscan.evaluation.plots import plot_test_results, plot_training_curves
 from mpoxscan.inference.bundle import save_bundle
 from mpoxscan.inference.no_lesion import NoLesionDetector, is_no_lesion_class
-from mpoxscan.inference.quality import OodDetector
 from mpoxscan.training.config import (
     DataConfig,
     ModelConfig,
@@ -32,6 +31,7 @@ from mpoxscan.training.loop import FitResult, num_outputs_of
 from mpoxscan.training.recipes import (
     build_model,
     calibrate_and_score,
+    fit_ood,
     fit_recipe,
     load_index,
     num_outputs_for,
@@ -118,11 +118,9 @@ def train_bundle(
     meta.update(temperature=scored.temperature, threshold=scored.threshold)
     meta["metrics"] = to_jsonable({"test": test_metrics, "threshold_choice": scored.choice})
     meta["data"]["leak_warnings"] = leaks
-    # Grouped by patient: the threshold comes from distances of patients left out of the fit.
-    train_patients = [record.patient for record in datasets["train"].records]
     log.info("fitting the out-of-domain detector, writing the bundle")
     train_embeddings = fitted.embeddings(datasets["train"])
-    ood = OodDetector().fit(train_embeddings, groups=train_patients)
+    ood = fit_ood(train_embeddings, datasets["train"])
     no_lesion = fit_no_lesion_head(
         train_embeddings, datasets["train"], fitted.embeddings(datasets["val"]), datasets["val"]
     )

@@ -93,6 +93,19 @@ class CombinedResult(BaseModel):
     assessed: int = Field(description="Photos that could be assessed (ok or no_lesion).")
 
 
+class TrainingSource(BaseModel):
+    """One data source of the training data, as ``model.json`` records it."""
+
+    name: str
+    origin: str | None = None
+    provenance: str | None = None
+    photos: int
+    groups: int
+    mpox_photos: int = Field(description="Photos of classes labelled mpox.")
+    classes: list[str] = Field(description="Class folders of the source.")
+    fingerprint: str | None = Field(default=None, description="SHA-256 of the source's photos.")
+
+
 class ModelInfo(BaseModel):
     """The model card of the bundle being served."""
 
@@ -108,6 +121,9 @@ class ModelInfo(BaseModel):
     mpoxscan_version: str | None = None
     data_fingerprint: str | None = None
     metrics: dict = Field(default_factory=dict, description="The bundle's test and CV metrics.")
+    training_sources: list[TrainingSource] = Field(
+        default_factory=list, description="The data sources the model was trained on."
+    )
     intended_use: str
 
 

@@ -10,8 +10,9 @@ import base64
 import io
 import logging
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -29,6 +30,7 @@ from mpoxscan.web.schemas import (
     PhotoResult,
     PredictionOut,
     PredictResponse,
+    TrainingSource,
 )
 from mpoxscan.web.uploads import Upload
 
@@ -70,8 +72,31 @@ def model_info(predictor: Predictor) -> ModelInfo:
         mpoxscan_version=meta.mpoxscan_version,
         data_fingerprint=meta.data_fingerprint,
         metrics=dict(meta.metrics),
+        training_sources=training_sources(meta),
         intended_use=str(meta.get("intended_use") or DEFAULT_INTENDED_USE),
     )
+
+
+def training_sources(meta: Mapping[str, Any]) -> list[TrainingSource]:
+    """The sources ``model.json`` says the model was trained on (``data.sources``)."""
+    found = []
+    for source in (meta.get("data") or {}).get("sources") or []:
+        classes = source.get("classes") or {}
+        found.append(
+            TrainingSource(
+                name=str(source.get("name")),
+                origin=source.get("origin"),
+                provenance=source.get("provenance"),
+                photos=int(source.get("photos", 0)),
+                groups=int(source.get("groups", 0)),
+                mpox_photos=sum(
+                    int(c.get("photos", 0)) for c in classes.values() if c.get("label") == "mpox"
+                ),
+                classes=sorted(classes),
+                fingerprint=source.get("fingerprint"),
+            )
+        )
+    return found
 
 
 def warm_up(predictor: Predictor) -> None:
