@@ -2,14 +2,15 @@
 
 Embeds every photo of a data manifest (default: ``benchmarks/shared-data.toml``) with a
 bundle's backbone (default: ``models/default``, ImageNet EfficientNet-Lite0, the embedding the
-frozen-features recipe fits its detector on), then fits ``OodDetector`` three ways and reports
-the share refused:
+frozen-features recipe fits its detector on), then fits detectors several ways and reports the
+share refused:
 
-- **bundled**: the bundle's own detector (fitted on MSLD training patients only);
-- **all sources**: fitted on the training part (80% of photo groups, stratified by source and
-  class) of every source, scored on the held-out 20%;
-- **source left out**: fitted on every source but one, scored on the one left out (how a kind
-  of skin photo the detector never saw fares).
+- **bundled**: the bundle's own detector (a Gaussian fitted on MSLD training patients only);
+- **all sources**: a Gaussian (``OodDetector``) and the nearest-neighbour detector
+  (``NeighbourOodDetector``, what ``train`` fits now) on the training part (80% of photo
+  groups, stratified by source and class) of every source, scored on the held-out 20%;
+- **source left out**: each fitted on every source but one, scored on the one left out (how a
+  kind of skin photo the detector never saw fares).
 
 Each is also scored on the non-skin probes of ``mpoxscan.evaluation.ood_probes`` (noise,
 screenshots, text pages, drawings, scikit-image's sample photos). Embeddings are cached in
@@ -31,10 +32,10 @@ from mpoxscan.data.datasets import DatasetIndex
 from mpoxscan.data.images import decode_image
 from mpoxscan.data.sources import load_sources
 from mpoxscan.data.splits import split_dataset
-from mpoxscan.evaluation.ood_probes import non_skin_probes
+from mpoxscan.evaluation.ood_probes import SKIMAGE_SAMPLES, non_skin_probes
 from mpoxscan.evaluation.per_source import ScoredPhotos, per_source_figures
 from mpoxscan.inference.predictor import Predictor
-from mpoxscan.inference.quality import OodDetector
+from mpoxscan.inference.quality import NeighbourOodDetector, OodDetector
 
 BATCH = 32
 
@@ -100,45 +101,51 @@ def main() -> None:
     test_paths = {r.path for r in split.test}
     is_test = np.array([r.path in test_paths for r in index.records])
     train_groups = [r.patient for r, t in zip(index.records, is_test, strict=True) if not t]
-    all_sources = OodDetector().fit(embeddings[~is_test], groups=train_groups)
-    detectors = {"bundled (MSLD only)": predictor.ood_, "all sources": all_sources}
+    gaussian = OodDetector().fit(embeddings[~is_test], groups=train_groups)
+    neighbours = NeighbourOodDetector().fit(embeddings[~is_test], groups=train_groups)
+    detectors = {
+        "bundled (Gaussian, MSLD only)": predictor.ood_,
+        "Gaussian, all sources": gaussian,
+        "neighbours, all sources": neighbours,
+    }
+    kinds = {"Gaussian": OodDetector, "neighbours": NeighbourOodDetector}
 
     sources = [spec.name for spec in index.sources]
     lines = [
         f"Machine: {machine()}. Bundle: `{args.bundle}`; data: `{args.data}` "
         f"({len(index.records)} photos). Embedding cache: `{args.cache}`.",
         "",
-        "| source (held-out photos) | " + " | ".join(detectors) + " | source left out |",
-        "|---|" + "---|" * (len(detectors) + 1),
+        "| source (held-out photos) | "
+        + " | ".join(detectors)
+        + " | "
+        + " | ".join(f"{name}, source left out" for name in kinds)
+        + " |",
+        "|---|" + "---|" * (len(detectors) + len(kinds)),
     ]
     held_rows = {name: refusal_rows(index, embeddings, is_test, d) for name, d in detectors.items()}
     for source in sources:
         cells = [share(held_rows[name][source]) for name in detectors]
         in_source = np.array([r.source == source for r in index.records])
         others = [r.patient for r, s in zip(index.records, in_source, strict=True) if not s]
-        left_out = OodDetector().fit(embeddings[~in_source], groups=others)
-        row = refusal_rows(index, embeddings, in_source, left_out)[source]
-        lines.append(f"| {source} | " + " | ".join(cells) + f" | {share(row)} |")
+        for kind in kinds.values():
+            left_out = kind().fit(embeddings[~in_source], groups=others)
+            cells.append(share(refusal_rows(index, embeddings, in_source, left_out)[source]))
+        lines.append(f"| {source} | " + " | ".join(cells) + " |")
     for kind, vectors in probe_embeddings.items():
         cells = []
         for detector in detectors.values():
             refused = detector.is_out_of_domain(vectors)
             cells.append(f"{refused.mean():.0%} ({refused.sum()}/{len(refused)})")
-        lines.append(f"| non-skin: {kind} | " + " | ".join(cells) + " | |")
-    photo_names = list(non_skin_probes.__globals__["SKIMAGE_SAMPLES"])
-    passed = [
-        name
-        for name, out in zip(
-            photo_names, all_sources.is_out_of_domain(probe_embeddings["photo"]), strict=True
+        lines.append(f"| non-skin: {kind} | " + " | ".join(cells) + " | | |")
+    lines += [""]
+    for name, detector in detectors.items():
+        flags = detector.is_out_of_domain(probe_embeddings["photo"])
+        passed = [photo for photo, out in zip(SKIMAGE_SAMPLES, flags, strict=True) if not out]
+        lines.append(
+            f"- {name}: threshold {detector.threshold_:.3g}; scikit-image photos let through: "
+            f"{', '.join(passed) or 'none'}."
         )
-        if not out
-    ]
-    lines += [
-        "",
-        f"Thresholds: bundled {predictor.ood_.threshold_:.1f}, all sources "
-        f"{all_sources.threshold_:.1f}. scikit-image photos the all-sources detector lets "
-        f"through: {', '.join(passed) or 'none'}. Took {time.time() - started:.0f} s.",
-    ]
+    lines += ["", f"Took {time.time() - started:.0f} s."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from mpoxscan.inference.no_lesion import NoLesionDetector
-    from mpoxscan.inference.quality import OodDetector
+    from mpoxscan.inference.quality import NeighbourOodDetector, OodDetector
 
 FORMAT_VERSION = 1
 META_FILE = "model.json"
@@ -43,6 +44,8 @@ WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
 OOD_FILE = "ood.safetensors"
 NO_LESION_FILE = "no_lesion.safetensors"
+#: ``ood.method`` of the Gaussian detector (bundles without a method have it).
+MAHALANOBIS = "mahalanobis-ledoit-wolf"
 
 #: Keys that ``save_bundle`` needs in ``meta``; the others have defaults.
 REQUIRED_META_KEYS = ("architecture", "classes", "preprocessing")
@@ -183,7 +186,7 @@ def save_bundle(
     model: nn.Module,
     meta: Mapping[str, Any],
     *,
-    ood: OodDetector | None = None,
+    ood: OodDetector | NeighbourOodDetector | None = None,
     no_lesion: NoLesionDetector | None = None,
     extra_files: Iterable[str | Path] = (),
 ) -> Path:
@@ -311,7 +314,9 @@ def load_torch_model(
     return model, meta
 
 
-def load_ood_detector(bundle_dir: str | Path, meta: BundleMeta) -> OodDetector | None:
+def load_ood_detector(
+    bundle_dir: str | Path, meta: BundleMeta
+) -> OodDetector | NeighbourOodDetector | None:
     """Load the bundle's out-of-domain detector, or ``None`` when it has none.
 
     Args:
@@ -319,13 +324,17 @@ def load_ood_detector(bundle_dir: str | Path, meta: BundleMeta) -> OodDetector |
         meta: its validated metadata (from :func:`read_bundle_meta`).
 
     Returns:
-        The fitted :class:`~mpoxscan.inference.quality.OodDetector`, or ``None``.
+        The fitted :class:`~mpoxscan.inference.quality.OodDetector` (or
+        :class:`~mpoxscan.inference.quality.NeighbourOodDetector`, ``method`` ``"knn-cosine"``),
+        or ``None``.
     """
-    from mpoxscan.inference.quality import OodDetector
+    from mpoxscan.inference.quality import NeighbourOodDetector, OodDetector
 
-    return _load_side_model(
-        bundle_dir, meta, "ood", OOD_FILE, "out-of-domain detector", OodDetector.from_tensors
-    )
+    build: Callable[..., Any] = OodDetector.from_tensors
+    stored = meta.get("ood") or {}
+    if stored.get("method", MAHALANOBIS) == NeighbourOodDetector.method:
+        build = partial(NeighbourOodDetector.from_tensors, k=int(stored.get("k", 5)))
+    return _load_side_model(bundle_dir, meta, "ood", OOD_FILE, "out-of-domain detector", build)
 
 
 def load_no_lesion_detector(bundle_dir: str | Path, meta: BundleMeta) -> NoLesionDetector | None:
@@ -492,19 +501,23 @@ def _save_state_dict(model: nn.Module, path: Path) -> None:
     save_file(state, str(path), metadata={"format": "pt"})
 
 
-def _save_ood(out: Path, ood: OodDetector) -> dict[str, Any]:
+def _save_ood(out: Path, ood: OodDetector | NeighbourOodDetector) -> dict[str, Any]:
     from safetensors.numpy import save_file
+
+    from mpoxscan.inference.quality import NeighbourOodDetector
 
     tensors = ood.to_tensors()
     _write_atomic(out / OOD_FILE, lambda tmp: save_file(tensors, str(tmp)))
-    return {
+    stored = {
         "file": OOD_FILE,
-        "method": "mahalanobis-ledoit-wolf",
+        "method": getattr(ood, "method", MAHALANOBIS),
         "threshold": float(ood.threshold_),
         "quantile": float(ood.quantile),
         "margin": float(ood.margin),
-        "dim": int(tensors["mean"].shape[0]),
     }
+    if isinstance(ood, NeighbourOodDetector):
+        return stored | {"k": int(ood.k), "dim": int(tensors["reference"].shape[1])}
+    return stored | {"dim": int(tensors["mean"].shape[0])}
 
 
 def _check_new_name(bundle: Path, name: str) -> None:

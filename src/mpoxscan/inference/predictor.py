@@ -29,6 +29,7 @@ from mpoxscan.inference.bundle import (
 )
 from mpoxscan.inference.no_lesion import NoLesionDetector
 from mpoxscan.inference.quality import (
+    NeighbourOodDetector,
     OodDetector,
     QualityIssue,
     QualitySettings,
@@ -273,7 +274,7 @@ class Predictor:
         self.threshold_ = meta.threshold
         self.image_size_ = meta.preprocessing.image_size
         self.binary_ = meta.binary
-        self.ood_: OodDetector | None = load_ood_detector(bundle, meta)
+        self.ood_: OodDetector | NeighbourOodDetector | None = load_ood_detector(bundle, meta)
         self.no_lesion_: NoLesionDetector | None = load_no_lesion_detector(bundle, meta)
         self.backend_ = "onnx" if backend == "onnx" or (backend == "auto" and has_onnx) else "torch"
         # Re-entrant: explain() holds it around Grad-CAM (whose hooks would also catch a

@@ -330,6 +330,132 @@ class OodDetector:
         return detector
 
 
+class NeighbourOodDetector:
+    """Out-of-domain detector: cosine distance to the ``k``-th nearest training photo.
+
+    Embeddings are square-rooted (sign kept) and scaled to unit length; a photo's distance is
+    ``1 - cosine`` to its ``k``-th most similar training photo. The threshold is a quantile of
+    the training photos' own distances, each measured to the photos of *other* groups
+    (patients, or crops of one photo), so it describes a new photo of a kind already seen.
+
+    A single Gaussian (:class:`OodDetector`) fitted on many skin sources at once spreads its
+    covariance over all of them and lets through noise, screenshots and text pages, which sit
+    near the centre of ImageNet features. Nearest neighbours keep the skin photos' manifold:
+    with ImageNet EfficientNet-Lite0 embeddings fitted on 80% of the five sources of
+    ``../shared/data`` (``benchmarks/ood_sources.py``), k = 5: held-out photos of every source
+    are refused at most 2% of the time, while every generated noise, screenshot, text page and
+    drawing, and all 14 bundled scikit-image photos (people, animals, objects), are refused.
+
+    Args:
+        k: which neighbour the distance is measured to (1 = the nearest).
+        quantile: quantile of the training distances the threshold starts from.
+        margin: factor applied to that quantile.
+    """
+
+    method = "knn-cosine"
+
+    def __init__(self, k: int = 5, quantile: float = 0.995, margin: float = 1.0):
+        self.k = k
+        self.quantile = quantile
+        self.margin = margin
+
+    def fit(
+        self,
+        embeddings: np.ndarray,
+        quantile: float | None = None,
+        *,
+        groups: Sequence[str] | np.ndarray | None = None,
+    ) -> NeighbourOodDetector:
+        """Keep the training photos' embeddings and set the threshold.
+
+        Args:
+            embeddings: ``(n, c)`` array, one row per training photo (more than ``k`` rows).
+            quantile: overrides the constructor's ``quantile``.
+            groups: photo group of each photo; a photo's training distance ignores its group.
+
+        Returns:
+            ``self``, fitted: ``reference_``, ``threshold_``, ``train_distances_``.
+        """
+        x = _unit_rows(_signed_sqrt(_as_matrix(embeddings)))
+        if quantile is not None:
+            self.quantile = quantile
+        if not 0.0 < self.quantile <= 1.0 or self.margin <= 0.0 or self.k < 1:
+            raise ValueError(
+                f"need 0 < quantile <= 1, margin > 0 and k >= 1, got {self.quantile}, "
+                f"{self.margin}, {self.k}"
+            )
+        if x.shape[0] <= max(self.k, MIN_OOD_SAMPLES - 1):
+            raise ValueError(
+                f"NeighbourOodDetector.fit needs more than {max(self.k, MIN_OOD_SAMPLES - 1)} "
+                f"embeddings, got {x.shape[0]}"
+            )
+        ids = np.arange(x.shape[0]) if groups is None else np.unique(groups, return_inverse=True)[1]
+        self.reference_ = x.astype(np.float32)
+        self.train_distances_ = self._kth_distance(x, exclude=ids.ravel())
+        finite = self.train_distances_[np.isfinite(self.train_distances_)]
+        self.threshold_ = float(self.margin * np.quantile(finite, self.quantile))
+        return self
+
+    def distance(self, embeddings: np.ndarray) -> np.ndarray:
+        """``1 - cosine`` to the ``k``-th nearest training photo, per embedding ``(n,)``."""
+        if not hasattr(self, "reference_"):
+            raise NotFittedError("This NeighbourOodDetector is not fitted yet; call 'fit' first.")
+        x = _as_matrix(embeddings)
+        if x.shape[1] != self.reference_.shape[1]:
+            raise ValueError(
+                f"embeddings have {x.shape[1]} features, the detector was fitted on "
+                f"{self.reference_.shape[1]}: use the same model for both"
+            )
+        return self._kth_distance(_unit_rows(_signed_sqrt(x)))
+
+    def is_out_of_domain(self, embeddings: np.ndarray) -> np.ndarray:
+        """Boolean ``(n,)``: whether each embedding is farther than ``threshold_``."""
+        return self.distance(embeddings) > self.threshold_
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        """The reference embeddings (float16: unit vectors need no more) for safetensors."""
+        if not hasattr(self, "reference_"):
+            raise NotFittedError("This NeighbourOodDetector is not fitted yet; call 'fit' first.")
+        return {"reference": self.reference_.astype(np.float16)}
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: dict[str, np.ndarray], threshold: float, k: int
+    ) -> NeighbourOodDetector:
+        """Rebuild a fitted detector from :meth:`to_tensors` output, threshold and ``k``."""
+        reference = np.asarray(tensors["reference"], dtype=np.float32)
+        if reference.ndim != 2 or reference.shape[0] < k:
+            raise ValueError(f"OOD reference has shape {reference.shape}; expected (n >= {k}, c)")
+        detector = cls(k=k)
+        detector.reference_ = reference
+        detector.threshold_ = float(threshold)
+        return detector
+
+    def _kth_distance(self, x: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+        """Distance of each row of ``x`` to its ``k``-th nearest reference row, in blocks;
+        with ``exclude`` (``x`` is the reference itself), rows of the same group are skipped."""
+        reference = self.reference_
+        k = min(self.k, reference.shape[0])
+        out = np.empty(x.shape[0])
+        for start in range(0, x.shape[0], _NEIGHBOUR_BLOCK):
+            block = x[start : start + _NEIGHBOUR_BLOCK].astype(np.float32)
+            similarity = block @ reference.T
+            if exclude is not None:
+                same = exclude[start : start + len(block), None] == exclude[None, :]
+                similarity[same] = -np.inf
+            out[start : start + len(block)] = 1.0 - np.partition(similarity, -k, axis=1)[:, -k]
+        return out
+
+
+#: Rows compared with the reference at once by :class:`NeighbourOodDetector` (bounds memory).
+_NEIGHBOUR_BLOCK = 512
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
 @dataclass(frozen=True)
 class _ShrunkGaussian:
     """A Ledoit-Wolf Gaussian kept in its eigenbasis, so fitting never inverts a (c, c) matrix.

@@ -28,7 +28,7 @@ from mpoxscan.data.sources import load_sources
 from mpoxscan.data.splits import Split
 from mpoxscan.data.transforms import normalize_batch
 from mpoxscan.evaluation.calibration import calibrate_logits, calibrated_probabilities
-from mpoxscan.inference.quality import OodDetector
+from mpoxscan.inference.quality import NeighbourOodDetector
 from mpoxscan.models import create_model, get_model_spec
 from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig, with_recipe
 from mpoxscan.training.frozen_features import (
@@ -51,12 +51,14 @@ def load_index(data_cfg: DataConfig) -> DatasetIndex:
     return merge_duplicates(index)
 
 
-def fit_ood(train_embeddings: np.ndarray, train_ds: ImageDataset) -> OodDetector:
+def fit_ood(train_embeddings: np.ndarray, train_ds: ImageDataset) -> NeighbourOodDetector:
     """The out-of-domain detector on every training photo's embedding (all skin sources of
-    the training data). Grouped by patient: the threshold comes from distances of patients
-    left out of the fit."""
+    the training data): distance to the nearest training photos, so that skin photos of any
+    source pass and noise, screenshots or text do not (see
+    :class:`~mpoxscan.inference.quality.NeighbourOodDetector`). Grouped by patient: the
+    threshold comes from distances to other patients' photos."""
     groups = [record.patient for record in train_ds.records]
-    return OodDetector().fit(train_embeddings, groups=groups)
+    return NeighbourOodDetector().fit(train_embeddings, groups=groups)
 
 
 def build_model(
