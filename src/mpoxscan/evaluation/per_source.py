@@ -156,17 +156,18 @@ COLUMNS = (
 )
 
 
-def format_share(row: dict[str, Any], name: str) -> str:
-    """A share as ``"33.5% (29.9–37.3)"`` (95% Wilson interval); ``""`` when absent."""
+def format_share(row: dict[str, Any], name: str, digits: int = 1) -> str:
+    """A share as ``"33.5% (29.9–37.3)"`` (95% Wilson interval, ``digits`` decimals);
+    ``""`` when absent."""
     value, ci = row.get(name), row.get(f"{name}_ci") or [None, None]
     if value is None or not np.isfinite(value):
         return ""
     if any(v is None or not np.isfinite(v) for v in ci):
-        return f"{value:.1%}"
-    return f"{value:.1%} ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})"
+        return f"{100 * value:.{digits}f}%"
+    return f"{100 * value:.{digits}f}% ({100 * ci[0]:.{digits}f}–{100 * ci[1]:.{digits}f})"
 
 
-def per_source_cells(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+def per_source_cells(rows: Sequence[dict[str, Any]], digits: int = 1) -> list[list[str]]:
     """The rows of :func:`per_source_figures` as text cells under :data:`COLUMNS`."""
     return [
         [
@@ -174,7 +175,7 @@ def per_source_cells(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
             str(row["class"]),
             str(row["photos"]),
             str(row["groups"]),
-            *(format_share(row, name) for name in (*SHARES, "sensitivity")),
+            *(format_share(row, name, digits) for name in (*SHARES, "sensitivity")),
         ]
         for row in rows
     ]

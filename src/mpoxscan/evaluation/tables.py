@@ -322,10 +322,11 @@ def per_source_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
     table = Table(
         title=title,
         caption="Called mpox: assessed and at or above the screening threshold; refused: "
-        "'retake'; sensitivity: mpox photos called mpox. 95% Wilson intervals.",
+        "'retake'; sensitivity: mpox photos called mpox. Percent, 95% Wilson intervals.",
     )
+    # Whole percentages keep the table narrow; cells wrap rather than being cut short.
     for index, column in enumerate(COLUMNS):
-        table.add_column(column, justify="left" if index < 2 else "right")
-    for cells in per_source_cells(list(rows)):
+        table.add_column(column, justify="left" if index < 2 else "right", overflow="fold")
+    for cells in per_source_cells(list(rows), digits=0):
         table.add_row(*cells)
     return table
