@@ -273,6 +273,7 @@ DataListOpt = Annotated[
     list[Path],
     typer.Option(
         "--data",
+        metavar="PATH",
         help="Dataset folder (DIR/<class> or DIR/Train|Val|Test/<class>) or data manifest "
         "(.toml naming several sources); repeat it to read several sources in one run.",
     ),
