@@ -46,6 +46,13 @@ import psutil
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 PREDICT_PATH = "/api/v1/predict"
+#: Every client of a load run comes from 127.0.0.1, which the server would treat as one user:
+#: no rate limit, and room for all of them in the per-client and global upload caps.
+ONE_ADDRESS_ENV = {
+    "MPOXSCAN_RATE_LIMIT_PER_MINUTE": "0",
+    "MPOXSCAN_MAX_UPLOADS_PER_CLIENT": "64",
+    "MPOXSCAN_MAX_UPLOADS_IN_FLIGHT": "64",
+}
 HEALTH_PATH = "/api/v1/health"
 
 
@@ -638,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cases = generated_cases(args.photos, args.photo_size)
-    env = {"MPOXSCAN_RATE_LIMIT_PER_MINUTE": "0"}
+    env = dict(ONE_ADDRESS_ENV)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import machine
 

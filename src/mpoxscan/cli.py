@@ -819,6 +819,14 @@ def serve(
             "size with batching). [default: 2, or MPOXSCAN_MAX_CONCURRENT_PREDICTIONS]"
         ),
     ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Reverse proxies whose X-Forwarded-For is believed (addresses or networks, "
+            "comma-separated; see docs/security.md). [default: none, or "
+            "MPOXSCAN_FORWARDED_ALLOW_IPS]"
+        ),
+    ] = None,
 ) -> None:
     """Serve the screening web page and the JSON API."""
     from mpoxscan.web.app import serve as serve_app
@@ -831,6 +839,7 @@ def serve(
         micro_batch_max_size=micro_batch_max_size,
         micro_batch_max_wait_ms=micro_batch_max_wait_ms,
         max_concurrent_predictions=max_concurrent_predictions,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
 
 

@@ -14,7 +14,13 @@ import pillow_heif
 import pytest
 from PIL import Image
 
-from mpoxscan.data.images import IMAGE_SUFFIXES, ImageLimits, decode_image, image_sha256
+from mpoxscan.data.images import (
+    IMAGE_SUFFIXES,
+    ImageLimits,
+    decode_cost,
+    decode_image,
+    image_sha256,
+)
 from mpoxscan.errors import InvalidImageError
 
 
@@ -259,6 +265,78 @@ def test_truncations_and_damaged_bytes_of_every_format_give_designed_errors():
         for variant in variants:
             with contextlib.suppress(InvalidImageError):
                 decode_image(variant)
+
+
+def png_of_zeros(width: int, height: int, depth: int, colour: int, channels: int) -> bytes:
+    """A valid PNG of zeros written row by row (small on disk, large when decoded)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    row = b"\0" + bytes(width * channels * depth // 8)
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def test_a_photo_whose_decoding_needs_too_much_memory_is_refused_from_its_header():
+    """A 7000x7000 16-bit RGBA PNG is about 100 KB but under the pixel limit; decoding it took
+    the server from 540 MB to 1,445 MB (issue 17). Its cost is counted before decoding."""
+    data = png_of_zeros(7000, 7000, 16, 6, 4)
+    limits = ImageLimits(max_bytes=len(data), max_pixels=50_000_000, max_side=2048)
+    unlimited = ImageLimits(
+        max_bytes=len(data), max_pixels=50_000_000, max_side=2048, max_decoded_bytes=2**40
+    )
+    # The decoded pixels, the copy premultiplied by alpha while shrinking, the conversions.
+    assert decode_cost(data, unlimited) > limits.max_decoded_bytes
+    started = time.perf_counter()
+    with pytest.raises(InvalidImageError) as info:
+        decode_image(data, limits)
+    assert info.value.code == "too_many_pixels"
+    assert "MiB" in info.value.message
+    assert time.perf_counter() - started < 1.0  # from the header, nothing decoded
+
+
+@pytest.mark.parametrize(
+    ("make", "mode"),
+    [
+        (lambda: png_of_zeros(3000, 2000, 16, 0, 1), "16-bit gray"),
+        (lambda: png_of_zeros(3000, 2000, 8, 6, 4), "RGBA"),
+        (lambda: encode(gradient(3000, 2000).convert("P"), "PNG"), "palette"),
+    ],
+    ids=["gray16", "rgba", "palette"],
+)
+def test_max_side_shrinks_before_any_conversion(make, mode):
+    """With max_side, no full-size float or numpy copy is ever made: numpy's allocations
+    (traced by tracemalloc) stay at the shrunk size, 100x below a full-size float copy."""
+    import tracemalloc
+
+    data = make()
+    limits = ImageLimits(max_bytes=len(data), max_pixels=10_000_000, max_side=300)
+    tracemalloc.start()
+    try:
+        image = decode_image(data, limits)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.mode == "RGB" and max(image.size) == 300, mode
+    assert peak < 3000 * 2000 * 4 / 20, (mode, peak)
+    assert decode_cost(data, limits) <= limits.max_decoded_bytes
+
+
+def test_jpeg_is_decoded_at_a_reduced_scale_with_max_side():
+    data = encode(gradient(1600, 1200), "JPEG", quality=90)
+    full = decode_image(data)
+    small = decode_image(data, ImageLimits(max_side=400))
+    assert max(small.size) == 400 and small.size[0] / small.size[1] == pytest.approx(4 / 3)
+    reference = np.asarray(full.resize(small.size, Image.Resampling.BILINEAR), dtype=np.int16)
+    assert np.abs(pixels(small) - reference).mean() < 3
+    # At 1/2 scale libjpeg decodes a quarter of the pixels: the cost says so.
+    assert decode_cost(data, ImageLimits(max_side=400)) < decode_cost(data, ImageLimits())
 
 
 def test_image_too_small():

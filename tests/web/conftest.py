@@ -35,6 +35,10 @@ def web_settings(web_bundle):
         max_files=4,
         max_pixels=4_000_000,
         rate_limit_per_minute=0,
+        # Every request of a TestClient comes from one client: the concurrency tests send more
+        # at once than one client may (the caps have their own tests).
+        max_uploads_per_client=64,
+        max_uploads_in_flight=64,
     )
 
 

@@ -9,6 +9,7 @@ exactly what is sent and when.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import select
@@ -42,6 +43,9 @@ LIMITS = {
     "MPOXSCAN_MAX_PIXELS": "4000000",
     "MPOXSCAN_MAX_PARTS": "40",
     "MPOXSCAN_MAX_UPLOAD_SECONDS": "3",
+    "MPOXSCAN_HEADER_TIMEOUT_SECONDS": "2",
+    "MPOXSCAN_KEEP_ALIVE_SECONDS": "2",
+    "MPOXSCAN_MAX_UPLOADS_PER_CLIENT": "2",
 }
 #: Decoding any flood or bomb of the corpus would take far more than this (a 30000x30000 RGB
 #: image is 2.7 GB, the 12000x12000 bomb 432 MB as RGB); ordinary photos take a few MiB.
@@ -89,6 +93,11 @@ def decompression_bomb_png() -> bytes:
     """A complete, valid 12000x12000 grayscale PNG of zeros: about 140 KB that inflate to
     144 MB (432 MB as RGB); under Pillow's own hard limit, so only mpoxscan's stops it."""
     return png_from_rows(12_000, 12_000, 8, 0, (bytes(12_000) for _ in range(12_000)))
+
+
+def rgba16_flood_png() -> bytes:
+    """A 7000x7000 16-bit RGBA PNG of zeros (49 MP: under the default pixel limit)."""
+    return png_from_rows(7000, 7000, 16, 6, (bytes(7000 * 8) for _ in range(7000)))
 
 
 def png_bytes(image: Image.Image, **options: object) -> bytes:
@@ -185,6 +194,9 @@ CORPUS: dict[str, Hostile] = {
     "pixel-flood-png": Hostile(pixel_flood_png, 422, "too_many_pixels", "flood.png"),
     "pixel-flood-jpeg": Hostile(pixel_flood_jpeg, 422, "too_many_pixels"),
     "decompression-bomb": Hostile(decompression_bomb_png, 422, "too_many_pixels", "bomb.png"),
+    # ~100 KB, under the default 50 MP limit, but 392 MB of 16-bit RGBA: it once took the
+    # server from 540 MB to 1,445 MB; its decoding cost is now refused from the header.
+    "rgba-16-bit-7000x7000": Hostile(rgba16_flood_png, 422, "too_many_pixels", "deep.png"),
     "over-size-limit": Hostile(lambda: b"\xff\xd8" + bytes(3 * MIB), 413, "file_too_large"),
     "1x1": Hostile(lambda: png_bytes(Image.new("RGB", (1, 1), (200, 150, 120))), 200, "retake"),
     "animated-gif": Hostile(animated_gif, 200, "ok", "anim.gif"),
@@ -282,6 +294,25 @@ def test_hostile_upload_gets_its_answer_in_bounded_memory(name, served, predicto
             assert [i["code"] for i in result["issues"]] == [r.code for r in direct.reasons]
     assert sampler.peak() - served.baseline_rss < RSS_HEADROOM
     assert_still_answers(served)
+
+
+#: The Done-when bound of issue 17 for the whole corpus from 4 clients, default settings.
+CORPUS_PEAK_RSS = 1200 * 1000 * 1000
+
+
+def test_the_corpus_from_4_clients_with_default_settings_stays_under_1_2_gb(web_bundle):
+    """Every corpus input, twice, from 4 concurrent clients, against a server with the default
+    limits: no 5xx, and the server's peak RSS stays under 1.2 GB."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    uploads = [(case.make(), case.filename) for case in CORPUS.values()] * 2
+    env = {"MPOXSCAN_RATE_LIMIT_PER_MINUTE": "0"}
+    with load_test.ServerProcess(web_bundle, env=env, log_level="warning") as server:
+        sampler = load_test.RssSampler(server.rss_bytes, interval_s=0.02)
+        with sampler, ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(lambda u: post(server.url, *u).status_code, uploads))
+    assert all(status < 500 for status in statuses), statuses
+    assert sampler.peak() < CORPUS_PEAK_RSS, sampler.peak()
 
 
 def test_odd_images_keep_their_colours(predictor):
@@ -445,6 +476,99 @@ def test_a_fast_body_far_over_the_limit_is_cut_off(served):
     assert (status, body["error"]["code"]) == (413, "request_too_large")
     assert sent < 64 * MIB
     assert sampler.peak() - served.baseline_rss < RSS_HEADROOM
+    assert_still_answers(served)
+
+
+# --- request heads, slow clients, uploads in flight (the server we run) -----------------------
+
+
+def open_raw(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes the connection (EOF) within ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_a_request_head_over_the_size_limit_is_refused_and_closed(served):
+    with open_raw(served.server.url) as sock:
+        head = b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 64_000
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(head + b"\r\n\r\n")
+        sock.settimeout(10)
+        answer = sock.recv(65536)
+        assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")), answer[:100]
+        assert closed_within(sock, 5)
+    assert_still_answers(served)
+
+
+def test_slow_and_idle_connections_are_closed_after_the_header_timeout(served):
+    """Twenty connections: some send nothing, some trickle a head a byte at a time; all are
+    closed after the 2 s header timeout, and the server keeps answering meanwhile."""
+    started = time.monotonic()
+    socks = [open_raw(served.server.url) for _ in range(20)]
+    try:
+        for sock in socks[::2]:
+            sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for _ in range(4):
+            for sock in socks[::2]:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"X")
+            time.sleep(0.5)
+        assert httpx.get(served.server.url + "/api/v1/health", timeout=5).status_code == 200
+        assert all(closed_within(sock, 8) for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert time.monotonic() - started < 15
+
+
+def test_an_idle_keep_alive_connection_is_closed(served):
+    with open_raw(served.server.url) as sock:
+        sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.settimeout(10)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        assert closed_within(sock, 8)
+        assert 1.5 < time.monotonic() - started < 6
+
+
+def test_head_and_a_forged_host_on_the_server(served):
+    url = served.server.url
+    assert httpx.head(url + "/", timeout=10).status_code == 200
+    forged = httpx.get(url + "/privacy/", headers={"Host": "evil.example"}, timeout=10)
+    assert forged.status_code == 400
+    assert "evil.example" not in forged.headers.get("location", "")
+
+
+def test_uploads_over_the_per_client_cap_are_refused_before_their_body(served):
+    """Two uploads of one client are in progress (headers sent, body pending); a third gets
+    429 with Retry-After at once, without sending a byte of its body."""
+    headers = {**MULTIPART_HEADERS, "Content-Length": str(2 * MIB)}
+    pending = [open_upload(served.server.url, headers) for _ in range(2)]
+    try:
+        for sock in pending:
+            sock.sendall(PART_START)
+        time.sleep(0.5)
+        started = time.monotonic()
+        with open_upload(served.server.url, headers) as third:
+            status, body = read_response(third, timeout_s=10)
+        assert (status, body["error"]["code"]) == (429, "too_many_uploads")
+        assert time.monotonic() - started < 3
+    finally:
+        for sock in pending:
+            sock.close()
+    time.sleep(0.5)
     assert_still_answers(served)
 
 

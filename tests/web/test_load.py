@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from web_support import lesion_jpeg, load_benchmark
+from web_support import lesion_jpeg, load_benchmark, with_padding
 
 from mpoxscan.data.images import decode_image
 from mpoxscan.inference.predictor import Predictor
@@ -27,26 +25,12 @@ from mpoxscan.inference.predictor import Predictor
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ENV = {"MPOXSCAN_RATE_LIMIT_PER_MINUTE": "0", "MPOXSCAN_MAX_UPLOAD_BYTES": str(4 * 2**20)}
 REQUESTS = 200
 CLIENTS = 32
 
 
 load_test = load_benchmark("load_test")
-
-
-def with_padding(jpeg: bytes, seed: int, segments: int = 32) -> bytes:
-    """The JPEG with 1.9 MB of random APP9 segments: the size of a phone photo.
-
-    The photo decodes as before, but each upload is as big as a phone photo, so a server that
-    kept every upload would grow by far more than its memory's noise.
-    """
-    rng = np.random.default_rng(seed)
-    segment = 60_000
-    padding = b"".join(
-        b"\xff\xe9" + struct.pack(">H", segment + 2) + rng.bytes(segment) for _ in range(segments)
-    )
-    return jpeg[:2] + padding + jpeg[2:]
+ENV = {**load_test.ONE_ADDRESS_ENV, "MPOXSCAN_MAX_UPLOAD_BYTES": str(4 * 2**20)}
 
 
 @pytest.fixture(scope="module")

@@ -278,8 +278,10 @@ def test_micro_batching_is_off_by_default():
 def test_serve_options_reach_the_settings_of_every_worker(web_bundle, monkeypatch, workers):
     started = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append(app))
-    for name in ["bundle_dir", "log_level", *BATCH_SETTINGS]:
-        monkeypatch.delenv(f"MPOXSCAN_{name.upper()}", raising=False)  # restored afterwards
+    for name in Settings.model_fields:  # serve() hands every choice on through these
+        # Set, then deleted: monkeypatch then removes whatever serve() sets, afterwards.
+        monkeypatch.setenv(f"MPOXSCAN_{name.upper()}", "")
+        monkeypatch.delenv(f"MPOXSCAN_{name.upper()}")
     command = ["serve", "--model-dir", str(web_bundle), "--workers", str(workers)]
     result = CliRunner().invoke(cli_app, command + BATCH_OPTIONS)
     assert result.exit_code == 0, result.output

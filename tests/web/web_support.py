@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import struct
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -47,6 +48,21 @@ def jpeg_bytes(image: Image.Image, **save_options: object) -> bytes:
 def lesion_jpeg(seed: int, positive: bool = True, size: int = 160) -> bytes:
     """A generated lesion photo (in the test model's domain) as JPEG bytes."""
     return jpeg_bytes(make_lesion_photo(positive, seed=seed, size=size), quality=92)
+
+
+def with_padding(jpeg: bytes, seed: int, segments: int = 32) -> bytes:
+    """The JPEG with ``segments`` x 60 KB of random APP9 segments (32: 1.9 MB, the size of a
+    phone photo; 170: 10 MB).
+
+    The photo decodes as before, but each upload is as big as a phone photo, so a server that
+    kept every upload would grow by far more than its memory's noise.
+    """
+    rng = np.random.default_rng(seed)
+    segment = 60_000
+    padding = b"".join(
+        b"\xff\xe9" + struct.pack(">H", segment + 2) + rng.bytes(segment) for _ in range(segments)
+    )
+    return jpeg[:2] + padding + jpeg[2:]
 
 
 def cat_jpeg() -> bytes:

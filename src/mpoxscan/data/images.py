@@ -45,11 +45,21 @@ class ImageLimits:
         max_pixels: largest width x height accepted (40 MP covers every phone camera) and the
             guard against decompression bombs: it is checked from the header, before decoding.
         min_side: smallest width or height accepted, in pixels.
+        max_decoded_bytes: most memory decoding one photo may take (``decode_cost``: the
+            decoded pixels as Pillow stores them, channels and bit depth counted, plus the
+            decoder's own buffers); a photo that needs more is refused from its header with
+            ``too_many_pixels``. 320 MiB holds a 50 MP 8-bit RGB PNG or a 12 MP HEIC; a 48 MP
+            HEIC or a 7000x7000 16-bit PNG needs more.
+        max_side: when set, a larger photo is shrunk to at most this many pixels a side right
+            after decoding and *before* any conversion (a JPEG is decoded at libjpeg's reduced
+            DCT scale), so 16-bit, float or transparent data is never converted at full size.
     """
 
     max_bytes: int = 20 * _MIB
     max_pixels: int = 40_000_000
     min_side: int = 1
+    max_decoded_bytes: int = 320 * _MIB
+    max_side: int | None = None
 
 
 def image_sha256(data: bytes) -> str:
@@ -77,16 +87,125 @@ def decode_image(source: bytes | str | Path, limits: ImageLimits | None = None) 
     """
     limits = limits or ImageLimits()
     data = _read_bytes(source, limits)
-    pillow_heif.register_heif_opener()
-    img = _open_checked(data, limits)
+    img = _open_for_decoding(data, limits)
     try:
         img.seek(0)
         img.load()
     # pillow_heif raises RuntimeError for a corrupt HEIC (e.g. a damaged size field).
     except (OSError, SyntaxError, EOFError, ValueError, RuntimeError, struct.error) as exc:
         raise _truncated() from exc
+    if limits.max_side is not None:
+        img = _shrink(img, limits.max_side)
     img = _exif_upright(img)
     return _to_rgb(img)
+
+
+def decode_cost(source: bytes, limits: ImageLimits | None = None) -> int:
+    """The bytes of memory ``decode_image(source, limits)`` needs at its peak, from the header.
+
+    Nothing is decoded: the header gives the size and the colour mode. The cost is the decoded
+    pixels as Pillow holds them (``_BYTES_PER_PIXEL``: channels and bit depth counted), a
+    full-size converted copy for modes that cannot be shrunk as they are (palette, 1-bit,
+    16-bit grayscale), the decoder's own frame for HEIF and WebP (decoded outside Pillow, then
+    copied), and libjpeg's coefficient buffer for a progressive JPEG. With
+    ``limits.max_side`` a JPEG counts at its reduced DCT scale.
+
+    Raises:
+        InvalidImageError: what ``decode_image`` would raise from the header.
+    """
+    limits = limits or ImageLimits()
+    _check_file_size(len(source), limits)
+    return _cost(_open_for_decoding(source, limits), limits.max_side)
+
+
+#: Bytes per pixel of each Pillow mode's storage (8-bit RGB is kept in 4 bytes a pixel).
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+#: Modes that are converted (to ``_CONVERT_TO_SHRINK``) at full size before they can be shrunk.
+_CONVERT_TO_SHRINK = {"1": "L", "P": "RGBA", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}
+#: Modes Pillow premultiplies by alpha (a full-size copy) before it resamples them.
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
+#: Copies of the shrunk photo that its conversion to RGB holds at once (float data: 5).
+_CONVERSION_COPIES = 5
+#: Formats whose library decodes into a frame of its own that Pillow then copies.
+_DECODED_OUTSIDE_PILLOW = frozenset({"HEIF", "WEBP"})
+
+
+def _cost(img: Image.Image, max_side: int | None) -> int:
+    pixels = img.size[0] * img.size[1]
+    cost = pixels * _BYTES_PER_PIXEL.get(img.mode, 4)
+    if img.mode in _CONVERT_TO_SHRINK or img.mode in _ALPHA_MODES:
+        # Converted to a shrinkable mode, or premultiplied by its alpha, while it is resampled.
+        cost += pixels * 4
+    if img.format in _DECODED_OUTSIDE_PILLOW:
+        cost += pixels * 4
+    if img.format == "JPEG" and img.info.get("progressive"):
+        # libjpeg keeps every DCT coefficient (2 bytes) of the whole file, at full size.
+        width, height = getattr(img, "_full_size", img.size)
+        cost += int(width * height * 2 * _jpeg_component_share(img))
+    if max_side is not None:
+        # Conversions to 8-bit RGB of the shrunk photo: a few copies of it at most.
+        cost += _CONVERSION_COPIES * 4 * min(pixels, max_side * max_side)
+    return cost
+
+
+def _jpeg_component_share(img: Image.Image) -> float:
+    """Coefficients per pixel over all components (3 for 4:4:4 colour, 1.5 for 4:2:0)."""
+    layers = getattr(img, "layer", None) or []
+    if not layers:
+        return float(len(img.getbands()))
+    h_max = max(layer[1] for layer in layers)
+    v_max = max(layer[2] for layer in layers)
+    return sum(layer[1] * layer[2] for layer in layers) / (h_max * v_max)
+
+
+def _open_for_decoding(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Open the header, check the limits, choose JPEG's reduced scale, check the cost."""
+    pillow_heif.register_heif_opener()
+    img = _open_checked(data, limits)
+    if limits.max_side is not None and img.format == "JPEG":
+        full_size = img.size
+        # libjpeg decodes at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= the request.
+        img.draft(img.mode, (limits.max_side, limits.max_side))
+        img._full_size = full_size  # for _cost: the coefficient buffer stays full size
+    cost = _cost(img, limits.max_side)
+    if cost > limits.max_decoded_bytes:
+        width, height = img.size
+        raise InvalidImageError(
+            f"The image ({width}x{height} pixels, {img.mode}) needs {cost / _MIB:.0f} MiB to "
+            f"decode, above the {limits.max_decoded_bytes / _MIB:.0f} MiB limit; export it as "
+            "an 8-bit JPEG of at most 4000 pixels on its long side and retry.",
+            code="too_many_pixels",
+        )
+    return img
+
+
+def _shrink(img: Image.Image, max_side: int) -> Image.Image:
+    """Shrink a decoded image to ``max_side`` in its own mode, before any conversion.
+
+    Palette, 1-bit and 16-bit grayscale images cannot be resampled as they are: they become
+    RGB(A), L or 32-bit integer first (never float). The EXIF orientation is kept, so the
+    photo is turned upright afterwards as before.
+    """
+    if max(img.size) <= max_side:
+        return img
+    if img.mode in _CONVERT_TO_SHRINK:
+        exif = _exif_bytes(img)
+        target = _CONVERT_TO_SHRINK[img.mode]
+        if img.mode == "P" and "transparency" not in img.info:
+            target = "RGB"
+        img = img.convert(target)
+        if exif:
+            img.info["exif"] = exif
+    img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return img
+
+
+def _exif_bytes(img: Image.Image) -> bytes | None:
+    try:
+        exif = img.getexif()
+        return exif.tobytes() if exif else None
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):
+        return None
 
 
 def _read_bytes(source: bytes | str | Path, limits: ImageLimits) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -20,10 +22,13 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from mpoxscan._version import __version__
 from mpoxscan.errors import BundleError
 from mpoxscan.web.api_errors import ApiError
+from mpoxscan.web.budgets import DecodeBudget, UploadGate
+from mpoxscan.web.http_server import uvicorn_options
 from mpoxscan.web.i18n import load_catalogues
 from mpoxscan.web.middleware import (
     CatchAllMiddleware,
@@ -78,6 +83,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_info = None
     app.state.audit_log = None
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.decode_budget = DecodeBudget(
+        settings.max_concurrent_decodes, settings.decode_budget_bytes, settings.decode_wait_seconds
+    )
+    app.state.upload_gate = UploadGate(
+        settings.max_uploads_in_flight,
+        settings.max_upload_bytes_in_flight,
+        settings.max_uploads_per_client,
+    )
     app.state.catalogues = load_catalogues()
     app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR)
     app.include_router(api.router)
@@ -88,6 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # security headers and the request id.
     app.add_middleware(CatchAllMiddleware, error_response=_unexpected_error_response)
     app.add_middleware(HeaderCountMiddleware, max_headers=settings.max_header_count)
+    if settings.allowed_hosts:
+        # A forged Host header must not reach redirects or links (``Host: evil.example``).
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -240,6 +256,7 @@ def serve(
     micro_batch_max_size: int | None = None,
     micro_batch_max_wait_ms: float | None = None,
     max_concurrent_predictions: int | None = None,
+    forwarded_allow_ips: str | None = None,
 ) -> None:
     """Serve the web app with uvicorn until interrupted.
 
@@ -256,6 +273,12 @@ def serve(
             when ``None``.
         max_concurrent_predictions: requests decoded and predicted at once per process; from
             the settings when ``None``.
+        forwarded_allow_ips: the reverse proxies whose ``X-Forwarded-For`` is believed
+            (addresses or networks, comma-separated); none unless set here or in the settings.
+
+    Uvicorn runs with the settings' bounds on request heads, slow clients and connections
+    (``mpoxscan.web.http_server``); on a loopback address with no ``MPOXSCAN_ALLOWED_HOSTS``,
+    only loopback host names are accepted in ``Host``.
 
     Raises:
         BundleError: when the bundle is missing or invalid (the message says which and why);
@@ -272,8 +295,12 @@ def serve(
         "micro_batch_max_size": micro_batch_max_size,
         "micro_batch_max_wait_ms": micro_batch_max_wait_ms,
         "max_concurrent_predictions": max_concurrent_predictions,
+        "forwarded_allow_ips": forwarded_allow_ips,
     }
     settings = Settings(**{name: value for name, value in choices.items() if value is not None})
+    if not settings.allowed_hosts and _is_loopback(host):
+        settings.allowed_hosts = list(LOOPBACK_HOSTS)
+        choices["allowed_hosts"] = settings.allowed_hosts
     try:
         read_bundle_meta(settings.bundle_dir)
     except BundleError as exc:
@@ -281,28 +308,34 @@ def serve(
             f"Cannot serve the model in {settings.bundle_dir}: {exc.message} "
             "Train one with `mpoxscan train`, or pass --model-dir with a valid bundle."
         ) from exc
-    logging_setup = log_config(settings.log_level)
+    common = {
+        "host": host,
+        "port": port,
+        "log_level": settings.log_level,
+        "log_config": log_config(settings.log_level),
+        "access_log": False,
+        **uvicorn_options(settings),
+    }
     if settings.workers == 1:
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_level=settings.log_level,
-            log_config=logging_setup,
-            access_log=False,
-        )
+        uvicorn.run(create_app(settings), **common)
         return
     # Worker processes each build their app from the environment, so hand the choices on.
     for name in choices:
         if name != "workers":
-            os.environ[f"MPOXSCAN_{name.upper()}"] = str(getattr(settings, name))
-    uvicorn.run(
-        "mpoxscan.web.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        log_config=logging_setup,
-        access_log=False,
-    )
+            value = getattr(settings, name)
+            text = json.dumps(value) if isinstance(value, list) else str(value)
+            os.environ[f"MPOXSCAN_{name.upper()}"] = text
+    uvicorn.run("mpoxscan.web.app:create_app", factory=True, workers=settings.workers, **common)
+
+
+#: ``Host`` names a server on a loopback address answers to by default.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

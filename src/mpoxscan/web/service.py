@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mpoxscan.data.images import ImageLimits, decode_image
+from mpoxscan.data.images import ImageLimits, decode_cost, decode_image
 from mpoxscan.errors import InvalidImageError
 from mpoxscan.inference.explain import DISPLAY_MAX_SIDE, display_copy, heatmap_png_bytes
 from mpoxscan.inference.predictor import Assessment, Predictor
 from mpoxscan.web.api_errors import ApiError
+from mpoxscan.web.budgets import DecodeBudget
 from mpoxscan.web.schemas import (
     CombinedResult,
     ErrorDetail,
@@ -36,8 +37,9 @@ from mpoxscan.web.uploads import Upload
 
 logger = logging.getLogger(__name__)
 
-#: Photos are analysed at most this many pixels a side: a 50 MP photo decodes to 150 MB,
-#: ten of them would not fit a small server, and the model sees a few hundred pixels anyway.
+#: Photos are analysed at most this many pixels a side (``ImageLimits.max_side``: shrunk right
+#: after decoding): a 50 MP photo decodes to 200 MB, ten of them would not fit a small server,
+#: and the model sees a few hundred pixels anyway.
 WORKING_MAX_SIDE = 2048
 
 DEFAULT_INTENDED_USE = (
@@ -117,6 +119,7 @@ def analyse_uploads(
     explain: bool,
     with_photos: bool = False,
     assess: Callable[[Sequence[Image.Image]], list[Assessment]] | None = None,
+    decode_budget: DecodeBudget | None = None,
 ) -> Analysis:
     """Decode, check and predict every photo of one request.
 
@@ -128,6 +131,8 @@ def analyse_uploads(
         with_photos: also return each photo as a small JPEG data URI (no EXIF).
         assess: runs the decoded photos through the checks and the model;
             ``predictor.assess_many`` when ``None`` (the server passes its micro-batcher's).
+        decode_budget: each photo waits for room in it (its ``decode_cost`` plus its file)
+            while it is decoded; none when ``None``.
 
     Returns:
         The results, one per upload, and the combined result.
@@ -136,7 +141,7 @@ def analyse_uploads(
         ApiError: when the request has a single photo and it cannot be decoded; with several
             photos, a bad file becomes an ``error`` entry and the others are still predicted.
     """
-    decoded = [_decode(upload, limits) for upload in uploads]
+    decoded = [_decode(upload, limits, decode_budget) for upload in uploads]
     if len(decoded) == 1 and isinstance(decoded[0], ApiError):
         raise decoded[0]
     images = [item for item in decoded if isinstance(item, Image.Image)]
@@ -195,7 +200,9 @@ def combine_results(results: Sequence[PhotoResult]) -> CombinedResult:
 _ASSESSED = ("ok", "no_lesion")
 
 
-def _decode(upload: Upload, limits: ImageLimits) -> Image.Image | ApiError:
+def _decode(
+    upload: Upload, limits: ImageLimits, budget: DecodeBudget | None
+) -> Image.Image | ApiError:
     if upload.too_large:
         return ApiError(
             "file_too_large",
@@ -203,7 +210,12 @@ def _decode(upload: Upload, limits: ImageLimits) -> Image.Image | ApiError:
             f"{limits.max_bytes / 1024 / 1024:.0f} MiB limit; send a smaller JPEG of it.",
         )
     try:
-        image = decode_image(bytes(upload.data), limits)
+        data = bytes(upload.data)
+        if budget is None:
+            return decode_image(data, limits)
+        # The copy of the file is held while decoding too; the cost comes from the header.
+        with budget.reserve(decode_cost(data, limits) + len(data)):
+            return decode_image(data, limits)
     except InvalidImageError as exc:
         return ApiError.from_invalid_image(exc)
     except (OSError, ValueError, RuntimeError, struct.error, IndexError, TypeError) as exc:
@@ -214,9 +226,6 @@ def _decode(upload: Upload, limits: ImageLimits) -> Image.Image | ApiError:
             "not_an_image",
             "A photo could not be decoded; export it again as a JPEG or PNG and retry.",
         )
-    if max(image.size) > WORKING_MAX_SIDE:
-        image.thumbnail((WORKING_MAX_SIDE, WORKING_MAX_SIDE), Image.Resampling.BILINEAR)
-    return image
 
 
 def _photo_result(index: int, assessment: Assessment) -> PhotoResult:

@@ -50,6 +50,30 @@ class Settings(BaseSettings):
             personal data, and the log needs none to be useful).
         max_header_count: most header fields a request may have; more gets 431
             ``too_many_headers`` (their total size is bounded by ``max_header_bytes``).
+        max_header_bytes: largest request line plus headers ``mpoxscan serve`` reads; a
+            larger head gets 431 (or 400) and the connection is closed.
+        header_timeout_seconds: time a connection has to send a whole request head; a slower
+            one (slowloris) is closed.
+        keep_alive_seconds: an idle keep-alive connection is closed after this.
+        max_connections: connections and requests at once per process; over it uvicorn
+            answers 503.
+        forwarded_allow_ips: proxies (comma-separated addresses or networks, ``*`` for any)
+            whose ``X-Forwarded-For``/``X-Forwarded-Proto`` are believed; empty (the default)
+            believes none, so a client cannot choose its own address.
+        allowed_hosts: ``Host`` header values accepted (``*.example.org`` patterns allowed);
+            others get 400. Empty: any host for an app built by hand, and for
+            ``mpoxscan serve`` on a loopback address ``localhost``, ``127.0.0.1`` and ``::1``.
+        max_decoded_bytes: most memory decoding one photo may need (``decode_cost``); a
+            photo that needs more gets ``too_many_pixels``.
+        decode_budget_bytes: the decoding costs of all photos decoded at once in a process.
+        max_concurrent_decodes: photos decoded at once in a process.
+        decode_wait_seconds: longest wait for the decode budget; then 503 ``server_busy``.
+        max_uploads_in_flight: request bodies received or held at once in a process; over
+            it 503 ``server_busy`` before the body is read.
+        max_upload_bytes_in_flight: their declared sizes together (a chunked body counts as
+            ``max_request_bytes``).
+        max_uploads_per_client: bodies at once from one client address (IPv6: its /64);
+            over it 429 ``too_many_uploads``.
         audit_log: keep an audit log of predictions (time, model, probabilities, band and the
             photo's SHA-256, never the photo) in ``audit_db_url``. Off by default; setting
             ``MPOXSCAN_AUDIT_DB_URL`` turns it on too.
@@ -81,10 +105,24 @@ class Settings(BaseSettings):
     log_client_ip: bool = False
     # Browsers send 10-20 header fields; 100 leaves room for proxies and still bounds the work.
     max_header_count: int = Field(default=100, ge=10)
+    # nginx's default is 4 buffers of 8 KiB; one browser request head is 1-2 KiB.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    keep_alive_seconds: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=200, ge=1)
+    forwarded_allow_ips: str = ""
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_decoded_bytes: int = Field(default=320 * _MIB, gt=0)
+    decode_budget_bytes: int = Field(default=320 * _MIB, gt=0)
+    max_concurrent_decodes: int = Field(default=2, ge=1)
+    decode_wait_seconds: float = Field(default=10.0, gt=0)
+    max_uploads_in_flight: int = Field(default=16, ge=1)
+    max_upload_bytes_in_flight: int = Field(default=160 * _MIB, gt=0)
+    max_uploads_per_client: int = Field(default=4, ge=1)
     audit_log: bool = False
     audit_db_url: str = "sqlite:///mpoxscan-audit.sqlite3"
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         """Accept ``"https://a.org,https://b.org"`` or a JSON list as well as a list."""
@@ -123,6 +161,21 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_parts ({self.max_parts}) leaves no room for max_files ({self.max_files}) "
                 f"photos and the form's {_FORM_FIELDS} text fields; raise MPOXSCAN_MAX_PARTS."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _budgets_fit_one_item(self) -> Settings:
+        if self.decode_budget_bytes < self.max_decoded_bytes:
+            raise ValueError(
+                f"decode_budget_bytes ({self.decode_budget_bytes}) is below max_decoded_bytes "
+                f"({self.max_decoded_bytes}): no photo at the limit could ever be decoded."
+            )
+        if self.max_upload_bytes_in_flight < self.max_request_bytes:
+            raise ValueError(
+                f"max_upload_bytes_in_flight ({self.max_upload_bytes_in_flight}) is below "
+                f"max_request_bytes ({self.max_request_bytes}); raise "
+                "MPOXSCAN_MAX_UPLOAD_BYTES_IN_FLIGHT."
             )
         return self
 

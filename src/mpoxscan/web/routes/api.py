@@ -14,7 +14,7 @@ from mpoxscan.data.images import ImageLimits
 from mpoxscan.inference.predictor import Predictor
 from mpoxscan.questionnaire import answers_json_schema, default_rules
 from mpoxscan.web.api_errors import ApiError
-from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep
+from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep, UploadSlotDep
 from mpoxscan.web.observability import request_id
 from mpoxscan.web.prediction_log import audit_records
 from mpoxscan.web.prediction_threads import run_prediction
@@ -26,7 +26,7 @@ from mpoxscan.web.questionnaire_answers import (
     read_answers,
 )
 from mpoxscan.web.schemas import ErrorResponse, Health, ModelInfo, PredictResponse
-from mpoxscan.web.service import Analysis, analyse_uploads
+from mpoxscan.web.service import WORKING_MAX_SIDE, Analysis, analyse_uploads
 from mpoxscan.web.settings import Settings
 from mpoxscan.web.uploads import Upload, UploadForm, check_content_length, read_upload_form
 
@@ -94,6 +94,7 @@ async def predict(
     predictor: PredictorDep,
     settings: SettingsDep,
     _: RateLimitDep,
+    __: UploadSlotDep,
     explain: bool = Query(
         False, description="Add a base64 PNG Grad-CAM overlay (heatmap_png) to each assessed photo."
     ),
@@ -193,6 +194,7 @@ async def analyse_form(
                 limits=image_limits(settings),
                 explain=explain,
                 with_photos=with_photos,
+                decode_budget=request.app.state.decode_budget,
             ),
         )
         await finish_analysis(request, form.files, analysis)
@@ -202,7 +204,12 @@ async def analyse_form(
 
 def image_limits(settings: Settings) -> ImageLimits:
     """The decoding limits from the settings."""
-    return ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+    return ImageLimits(
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_pixels,
+        max_decoded_bytes=settings.max_decoded_bytes,
+        max_side=WORKING_MAX_SIDE,
+    )
 
 
 async def finish_analysis(request: Request, uploads: Sequence[Upload], analysis: Analysis) -> None:

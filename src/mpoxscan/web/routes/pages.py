@@ -13,7 +13,13 @@ from mpoxscan._version import __version__
 from mpoxscan.inference.predictor import UNCERTAIN_FRACTION
 from mpoxscan.questionnaire import default_rules
 from mpoxscan.web.api_errors import ApiError
-from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep, get_language
+from mpoxscan.web.deps import (
+    PredictorDep,
+    RateLimitDep,
+    SettingsDep,
+    UploadSlotDep,
+    get_language,
+)
 from mpoxscan.web.i18n import LANG_COOKIE, LANGUAGE_NAMES, LANGUAGES, normalise_language, translate
 from mpoxscan.web.routes.api import analyse_form, read_photos
 
@@ -49,7 +55,11 @@ async def home(request: Request) -> Response:
 
 @router.post("/result", response_class=HTMLResponse)
 async def result_page(
-    request: Request, predictor: PredictorDep, settings: SettingsDep, _: RateLimitDep
+    request: Request,
+    predictor: PredictorDep,
+    settings: SettingsDep,
+    _: RateLimitDep,
+    __: UploadSlotDep,
 ) -> Response:
     """The result without JavaScript: the form posts here and gets a rendered page."""
     form = await read_photos(request, settings, answers_allowed=True)
