@@ -174,3 +174,23 @@ def test_shared_data_manifest_reads_all_five_sources():
         "insect-bites": 1591,
     }
     assert sum(r.label for r in index.records) == 102
+
+
+def test_audit_reads_a_manifest_with_classes_named_by_source(tmp_path):
+    from mpoxscan.data.audit import audit_dataset
+
+    manifest = _write_sources(tmp_path)
+    # the same photo in two sources (a copy): found across sources
+    copy = tmp_path / "data/clinic-set/Healthy/N9_1.jpg"
+    copy.write_bytes((tmp_path / "data/web-set/Others/N0_1.jpg").read_bytes())
+    report = audit_dataset([manifest], folds=2)
+    assert report.photos_per_class == {
+        "web/Monkey Pox": 6,
+        "web/Others": 3,
+        "clinic/Healthy": 3,
+        "clinic/Scabies": 4,
+    }
+    assert {p.name for p in report.exact_duplicates[0]} == {"N9_1.jpg", "N0_1.jpg"}
+    assert any(
+        "clinic/Healthy" in pair.where and "web/Others" in pair.where for pair in report.cross_class
+    )

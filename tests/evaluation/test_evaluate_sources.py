@@ -55,3 +55,23 @@ def test_evaluate_gives_every_source_and_class_its_figures(tiny_bundle, tmp_path
     assert "Photos per source" in result.output and "clinic" in result.output
     saved = json.loads((tmp_path / "m.json").read_text())
     assert [r["source"] for r in saved["per_source"]] == ["web", "web", "web", "clinic"]
+
+
+def test_a_source_the_bundle_was_trained_on_gives_only_its_test_patients(
+    tiny_bundle, tiny_dataset, tmp_path
+):
+    from mpoxscan.data.datasets import scan_dataset
+    from mpoxscan.data.sources import load_sources
+    from mpoxscan.evaluation.evaluate import evaluation_records
+    from mpoxscan.inference.bundle import read_bundle_meta
+
+    meta = read_bundle_meta(tiny_bundle)
+    alone, _ = evaluation_records(scan_dataset(tiny_dataset), meta)
+    write_class_folder(tmp_path / "clinic/Healthy", False, patients=5, photos=1, seed=73)
+    index = load_sources([tiny_dataset, tmp_path / "clinic"])
+    records, description = evaluation_records(index, meta)
+    trained = [r for r in records if r.source == tiny_dataset.name]
+    assert sorted(r.path for r in trained) == sorted(r.path for r in alone)
+    assert len(trained) < sum(r.source == tiny_dataset.name for r in index.records)
+    assert sum(r.source == "clinic" for r in records) == 5
+    assert "held-out test patients of" in description

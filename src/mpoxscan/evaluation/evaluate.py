@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +55,41 @@ def evaluation_records(index: DatasetIndex, meta: BundleMeta) -> tuple[list[Imag
 
     A pre-split dataset gives its Test folder. An unsplit dataset that is the bundle's own
     training data (same fingerprint) gives the same held-out test patients as at training
-    time; any other unsplit dataset is evaluated whole.
+    time; so does, within several sources, a source that alone was the bundle's training data
+    (a model trained on MSLD, evaluated on a manifest that includes MSLD). Any other data is
+    evaluated whole.
     """
     if index.layout == "presplit":
         return [r for r in index.records if r.split == "test"], "the Test folder"
     if fingerprint_records(index.records) == meta.data_fingerprint:
-        data_cfg = meta.config.get("data", {})
-        train_cfg = meta.config.get("train", {})
-        split = split_dataset(
-            merge_duplicates(index),
-            val_fraction=data_cfg.get("val_fraction", 0.1),
-            test_fraction=data_cfg.get("test_fraction", 0.2),
-            seed=train_cfg.get("seed", 0),
+        return _held_out(index, meta), "the bundle's held-out test patients"
+    records, trained_on = [], []
+    for spec in index.sources:
+        mine = [r for r in index.records if r.source == spec.name]
+        if fingerprint_records(mine) == meta.data_fingerprint:
+            records += _held_out(replace(index, records=mine, sources=[spec]), meta)
+            trained_on.append(spec.name)
+        else:
+            records += mine
+    if trained_on:
+        return records, (
+            f"all photos, but only the held-out test patients of {', '.join(trained_on)} "
+            "(the bundle's training data)"
         )
-        return split.test, "the bundle's held-out test patients"
     return list(index.records), "all photos (not the bundle's training data)"
+
+
+def _held_out(index: DatasetIndex, meta: BundleMeta) -> list[ImageRecord]:
+    """The test part of the split the bundle was trained with (same settings and seed)."""
+    data_cfg = meta.config.get("data", {})
+    train_cfg = meta.config.get("train", {})
+    split = split_dataset(
+        merge_duplicates(index),
+        val_fraction=data_cfg.get("val_fraction", 0.1),
+        test_fraction=data_cfg.get("test_fraction", 0.2),
+        seed=train_cfg.get("seed", 0),
+    )
+    return split.test
 
 
 def _predict_records(
