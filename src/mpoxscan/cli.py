@@ -645,11 +645,12 @@ def predict(
         summary = _predict_with_progress(predictor_engine, paths, out)
         console.print(
             f"wrote {summary.out}: {summary.predicted} predicted, {summary.failed} unreadable, "
-            f"{summary.skipped} already done; {summary.images_per_second:.1f} images/s",
+            f"{summary.skipped} already done, {summary.retake} to retake (photo checks); "
+            f"{summary.images_per_second:.1f} images/s",
             soft_wrap=True,
         )
         note_unreadable(ctx, summary.failures)
-        scored = summary.predicted + summary.skipped
+        scored = summary.predicted + summary.retake + summary.skipped
     else:
         threshold = getattr(predictor_engine, "threshold_", None)
         rows = [
@@ -705,7 +706,7 @@ def _predict_with_progress(engine: PredictionEngine, paths: list[Path], out: Pat
         task = progress.add_task("predict", total=total, rate=0.0)
 
         def show(summary: BatchSummary) -> None:
-            done = summary.predicted + summary.failed + summary.skipped
+            done = summary.predicted + summary.retake + summary.failed + summary.skipped
             progress.update(task, completed=done, rate=summary.images_per_second)
 
         return predict_to_file(engine, paths, out, on_progress=show)
@@ -732,7 +733,7 @@ def _predictions_table(rows: list[dict], threshold: float | None):
             row.get("label") or "-",
             "-" if probability is None else _percent(probability),
             row.get("band") or "",
-            row.get("error") or "",
+            row.get("error") or row.get("reason") or "",
         )
     return table
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from mpoxscan.data.datasets import scan_dataset
-from mpoxscan.data.images import decode_image
 from mpoxscan.data.loading import ImageDataset, load_image_batch
+from mpoxscan.data.photos import photo_pixels, read_photo
 from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.data.transforms import to_unit_tensor
 
@@ -23,8 +24,12 @@ def test_dataset_yields_unit_tensors_and_labels(tiny_dataset):
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
     assert image.min() >= 0 and image.max() <= 1
     assert isinstance(label, int) and label == records[5].label
-    # Training sees the same pixels as serving would (decode, bilinear resize, /255).
-    expected = to_unit_tensor(decode_image(records[5].path), 32)
+    # Training sees the same pixels as serving would (read_photo, photo_pixels, /255).
+    expected = to_unit_tensor(read_photo(records[5].path, 32), 32)
+    assert np.array_equal(
+        (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(),
+        photo_pixels(read_photo(records[5].path, 32), 32),
+    )
     assert torch.allclose(image, expected)
 
 

@@ -17,7 +17,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mpoxscan.cli import app
-from mpoxscan.data.images import IMAGE_SUFFIXES, decode_image
+from mpoxscan.data.images import IMAGE_SUFFIXES
+from mpoxscan.data.photos import read_photo
 from mpoxscan.inference.batch import (
     BatchConfig,
     LocalEngine,
@@ -29,6 +30,7 @@ from mpoxscan.inference.batch import (
 )
 from mpoxscan.inference.onnx_export import export_onnx
 from mpoxscan.inference.predictor import Predictor, images_to_pixels
+from mpoxscan.inference.quality import check_photo
 
 from testdata import make_lesion_photo
 
@@ -90,9 +92,12 @@ def read_rows(out: Path) -> list[dict]:
             rows.append(
                 {
                     "file": cells["file"],
+                    "status": cells["status"],
                     "label": cells["label"] or None,
                     "probability": float(cells["probability"]) if cells["probability"] else None,
+                    "band": cells["band"] or None,
                     "probabilities": probabilities or None,
+                    "reason": cells["reason"] or None,
                     "error": cells["error"] or None,
                     "code": cells["code"] or None,
                 }
@@ -103,11 +108,8 @@ def read_rows(out: Path) -> list[dict]:
 def assert_same_rows(actual: list[dict], expected: list[dict], atol: float = 1e-6) -> None:
     assert [r["file"] for r in actual] == [r["file"] for r in expected]
     for got, want in zip(actual, expected, strict=True):
-        assert (got["label"], got["error"], got["code"]) == (
-            want["label"],
-            want["error"],
-            want["code"],
-        )
+        keys = ("status", "label", "band", "reason", "error", "code")
+        assert [got[key] for key in keys] == [want[key] for key in keys]
         if want["probabilities"] is None:
             assert got["probabilities"] is None and got["probability"] is None
             continue
@@ -148,7 +150,12 @@ def test_prepared_pixels_equal_images_to_pixels(photos):
     files = list(iter_image_files([photos]))
     batch = prepare_batch(files, 48)
     good = [f for f in files if f.name not in BAD_CODES]
-    expected = images_to_pixels([decode_image(f) for f in good], 48)
+    # Each readable photo is checked as the web service checks it; those that pass are input.
+    issues = {f: check_photo(read_photo(f, 48)) for f in good}
+    assert [batch.issues[files.index(f)] for f in good] == list(issues.values())
+    assert any(issues.values()) and not all(issues.values())
+    passed = [f for f in good if not issues[f]]
+    expected = images_to_pixels([read_photo(f, 48) for f in passed], 48)
     np.testing.assert_array_equal(batch.pixels, expected)
     failures = {f.name: fail for f, fail in zip(files, batch.failures, strict=True) if fail}
     assert {name: code for name, (_, code) in failures.items()} == BAD_CODES
@@ -163,20 +170,27 @@ def test_output_has_a_row_per_file_matching_predict(predictor, photos, tmp_path,
     files = [*iter_image_files([photos]), missing]
     rows = read_rows(out)
     assert [row["file"] for row in rows] == [str(f) for f in files]
-    assert (summary.predicted, summary.failed, summary.skipped) == (N_PHOTOS, 3, 0)
+    assert (summary.predicted + summary.retake, summary.failed, summary.skipped) == (N_PHOTOS, 3, 0)
     if suffix == ".csv":
         header = out.read_text().splitlines()[0].split(",")
         classes = [f"p_{name}" for name in predictor.classes_]
-        assert header == ["file", "label", "probability", *classes, "error", "code"]
+        leading = ["file", "status", "label", "probability", "band"]
+        assert header == [*leading, *classes, "reason", "error", "code"]
     for path, row in zip(files, rows, strict=True):
         if path.name in BAD_CODES or path == missing:
             expected_code = BAD_CODES.get(path.name, "unreadable_file")
             assert row["code"] == expected_code and row["error"]
+            assert row["status"] == "error"
             assert row["label"] is None and row["probabilities"] is None
             continue
-        expected = predictor.predict(decode_image(path))
+        expected = predictor.predict(read_photo(path, predictor.image_size_))
         assert row["error"] is None and row["code"] is None
-        assert row["label"] == expected.label
+        assert row["status"] == expected.status
+        assert row["reason"] == (expected.reasons[0].code if expected.reasons else None)
+        if expected.status == "retake":
+            assert row["label"] is row["probability"] is row["probabilities"] is None
+            continue
+        assert (row["label"], row["band"]) == (expected.label, expected.band)
         assert row["probability"] == pytest.approx(expected.probability, abs=1e-6)
         for name, p in expected.probabilities.items():
             assert row["probabilities"][name] == pytest.approx(p, abs=1e-6)
@@ -189,9 +203,14 @@ def test_predict_paths_gives_the_same_rows(predictor, photos, tmp_path):
     assert_same_rows(rows, read_rows(out))
 
 
+def through_the_model(rows: list[dict]) -> int:
+    """Rows whose photo reached the model: predictions and the out-of-domain refusals."""
+    return sum(row["status"] == "ok" or row["reason"] == "out_of_domain" for row in rows)
+
+
 def stop_after(batches: int):
     def on_progress(summary) -> None:
-        if summary.predicted + summary.failed >= batches * BATCH:
+        if summary.predicted + summary.retake + summary.failed >= batches * BATCH:
             raise KeyboardInterrupt
 
     return on_progress
@@ -212,9 +231,10 @@ def test_an_interrupted_run_resumes_without_redoing_files(
 
     sizes = count_predicted(predictor, monkeypatch)
     summary = run(predictor, [photos], out)
-    readable_rest = sum(row["error"] is None for row in read_rows(full)[2 * BATCH :])
+    rest = read_rows(full)[2 * BATCH :]
     assert summary.skipped == 2 * BATCH
-    assert sum(sizes) == summary.predicted == readable_rest
+    assert summary.predicted == sum(row["status"] == "ok" for row in rest)
+    assert sum(sizes) == through_the_model(rest)
     assert out.read_text().startswith(first_part)
     assert_same_rows(read_rows(out), read_rows(full))
 
@@ -236,8 +256,8 @@ def test_a_partially_written_last_line_is_redone(predictor, photos, tmp_path, mo
     sizes = count_predicted(predictor, monkeypatch)
     summary = run(predictor, [photos], out)
     assert summary.skipped == 11 - header_lines
-    assert sum(sizes) == summary.predicted
-    assert summary.predicted + summary.failed == N_PHOTOS + 2 - summary.skipped
+    assert sum(sizes) == through_the_model(read_rows(full)[summary.skipped :])
+    assert summary.predicted + summary.retake + summary.failed == N_PHOTOS + 2 - summary.skipped
     assert_same_rows(read_rows(out), read_rows(full))
 
 
@@ -322,7 +342,8 @@ def test_memory_stays_constant_over_thousands_of_files(predictor, tmp_path):
     rng = np.random.default_rng(0)
     n = 3000
     for i in range(n):
-        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        # 64 px: the smallest size the photo checks let through to the model.
+        pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"{i:05d}.png", compress_level=1)
     engine = LocalEngine(predictor, BatchConfig(batch_size=32))
     # Warm up ONNX Runtime's memory arena and the thread pool on full batches first.
@@ -331,7 +352,7 @@ def test_memory_stays_constant_over_thousands_of_files(predictor, tmp_path):
     out = tmp_path / "many.jsonl"
     growth, summary = peak_rss_growth(lambda: predict_to_file(engine, [folder], out))
 
-    assert summary.predicted == n
+    assert summary.predicted + summary.retake == n and summary.failed == 0
     # Holding every photo's model input at once takes n * 3 * S * S float32 values
     # (147 MB for 3000 photos at 64x64); a streaming run holds a few batches.
     size = predictor.image_size_

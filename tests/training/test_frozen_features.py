@@ -9,8 +9,8 @@ import torch
 
 from mpoxscan import load_model
 from mpoxscan.data.datasets import scan_dataset
-from mpoxscan.data.images import decode_image
 from mpoxscan.data.loading import ImageDataset
+from mpoxscan.data.photos import read_photo
 from mpoxscan.data.splits import split_dataset
 from mpoxscan.data.transforms import normalize_batch
 from mpoxscan.evaluation.metrics import binary_metrics
@@ -133,7 +133,7 @@ def test_bundle_predicts_what_the_in_memory_head_predicted(tiny_dataset, tmp_pat
     # loaded afresh, must give the same probabilities for the same test photos.
     test = split_dataset(scan_dataset(tiny_dataset), seed=cfg.seed).test
     predictor = load_model(result.bundle_dir, backend="torch")
-    p = predictor.predict_proba([decode_image(r.path) for r in test])[:, 1]
+    p = predictor.predict_proba([read_photo(r.path, predictor.image_size_) for r in test])[:, 1]
     labels = np.array([r.label for r in test])
     again = binary_metrics(labels, p, threshold=meta["threshold"], n_boot=0)
     assert again["log_loss"] == pytest.approx(result.test_metrics["log_loss"], abs=1e-5)

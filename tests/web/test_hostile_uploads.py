@@ -29,6 +29,7 @@ from PIL import Image
 from web_support import jpeg_bytes, lesion_jpeg, load_benchmark, make_lesion_photo
 
 from mpoxscan.data.images import ImageLimits, decode_image
+from mpoxscan.data.photos import read_photo
 from mpoxscan.inference.predictor import Predictor
 
 pytestmark = pytest.mark.slow
@@ -238,7 +239,7 @@ def served(web_bundle, predictor) -> Iterator[Served]:
     """``mpoxscan serve`` with the small bundle and small limits, warmed up."""
     with load_test.ServerProcess(web_bundle, env=LIMITS, log_level="warning") as server:
         normal = lesion_jpeg(seed=620)
-        expected = predictor.assess(decode_image(normal)).prediction
+        expected = predictor.assess(read_photo(normal, predictor.image_size_)).prediction
         assert expected is not None
         for _ in range(3):
             post(server.url, normal)
@@ -283,7 +284,7 @@ def test_hostile_upload_gets_its_answer_in_bounded_memory(name, served, predicto
     if case.status == 200:
         [result] = response.json()["results"]
         limits = ImageLimits(max_bytes=3 * MIB, max_pixels=4_000_000)
-        direct = predictor.assess(decode_image(data, limits))
+        direct = predictor.assess(read_photo(data, predictor.image_size_, limits))
         assert result["status"] == ("ok" if direct.ok else "retake")
         if direct.ok:
             assert result["prediction"]["probability"] == pytest.approx(

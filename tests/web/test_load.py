@@ -19,7 +19,7 @@ import httpx
 import pytest
 from web_support import lesion_jpeg, load_benchmark, with_padding
 
-from mpoxscan.data.images import decode_image
+from mpoxscan.data.photos import read_photo
 from mpoxscan.inference.predictor import Predictor
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def expected(web_bundle, cases) -> dict[str, dict]:
     answers = {}
     for case in cases:
         if case.good:
-            assessment = predictor.assess(decode_image(case.data))
+            assessment = predictor.assess(read_photo(case.data, predictor.image_size_))
             answers[case.name] = {
                 "status": "ok" if assessment.ok else "retake",
                 "probability": assessment.prediction.probability if assessment.ok else None,

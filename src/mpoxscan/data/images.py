@@ -67,7 +67,12 @@ def image_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(source: bytes | str | Path, limits: ImageLimits | None = None) -> Image.Image:
+def decode_image(
+    source: bytes | str | Path,
+    limits: ImageLimits | None = None,
+    *,
+    min_side: int | None = None,
+) -> Image.Image:
     """Decode a photo into an upright RGB image.
 
     EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and float images are converted
@@ -76,6 +81,11 @@ def decode_image(source: bytes | str | Path, limits: ImageLimits | None = None) 
     Args:
         source: the file's bytes, or a path to it.
         limits: size bounds; ``ImageLimits()`` when ``None``.
+        min_side: reduce the photo by the largest power of two that keeps both sides at least
+            this long (:func:`reduction_factor`): a JPEG through libjpeg's DCT scaling
+            (``Image.draft``), then any format with a box filter in its own mode, before any
+            conversion. It replaces ``limits.max_side``. Photos are read this way by
+            :func:`mpoxscan.data.photos.read_photo`, which sets it.
 
     Returns:
         A fully loaded RGB ``PIL.Image.Image``.
@@ -87,14 +97,16 @@ def decode_image(source: bytes | str | Path, limits: ImageLimits | None = None) 
     """
     limits = limits or ImageLimits()
     data = _read_bytes(source, limits)
-    img = _open_for_decoding(data, limits)
+    img = _open_for_decoding(data, limits, min_side)
     try:
         img.seek(0)
         img.load()
     # pillow_heif raises RuntimeError for a corrupt HEIC (e.g. a damaged size field).
     except (OSError, SyntaxError, EOFError, ValueError, RuntimeError, struct.error) as exc:
         raise _truncated() from exc
-    if limits.max_side is not None:
+    if min_side is not None:
+        img = _reduce(img, min_side)
+    elif limits.max_side is not None:
         img = _shrink(img, limits.max_side)
     img = _exif_upright(img)
     return _to_rgb(img)
@@ -158,14 +170,17 @@ def _jpeg_component_share(img: Image.Image) -> float:
     return sum(layer[1] * layer[2] for layer in layers) / (h_max * v_max)
 
 
-def _open_for_decoding(data: bytes, limits: ImageLimits) -> Image.Image:
+def _open_for_decoding(
+    data: bytes, limits: ImageLimits, min_side: int | None = None
+) -> Image.Image:
     """Open the header, check the limits, choose JPEG's reduced scale, check the cost."""
     pillow_heif.register_heif_opener()
     img = _open_checked(data, limits)
-    if limits.max_side is not None and img.format == "JPEG":
+    side = min_side if min_side is not None else limits.max_side
+    if side is not None and img.format == "JPEG":
         full_size = img.size
         # libjpeg decodes at 1/2, 1/4 or 1/8 scale; draft keeps both sides >= the request.
-        img.draft(img.mode, (limits.max_side, limits.max_side))
+        img.draft(img.mode, (side, side))
         img._full_size = full_size  # for _cost: the coefficient buffer stays full size
     cost = _cost(img, limits.max_side)
     if cost > limits.max_decoded_bytes:
@@ -197,6 +212,40 @@ def _shrink(img: Image.Image, max_side: int) -> Image.Image:
         if exif:
             img.info["exif"] = exif
     img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return img
+
+
+def reduction_factor(size: tuple[int, int], min_side: int) -> int:
+    """The largest power of two by which ``size`` may be divided keeping both sides at least
+    ``min_side`` (libjpeg's rule for ``Image.draft``, without its 1/8 cap)."""
+    fits = min(size) // max(1, min_side)
+    factor = 1
+    while factor * 2 <= fits:
+        factor *= 2
+    return factor
+
+
+def _reduce(img: Image.Image, min_side: int) -> Image.Image:
+    """Box-reduce a decoded image by :func:`reduction_factor`, in its own mode (as ``_shrink``).
+
+    Repeated until nothing is left to reduce (libjpeg rounds its reduced sides up), so reducing
+    the result again changes nothing.
+    """
+    if reduction_factor(img.size, min_side) == 1:
+        return img
+    if img.mode in _CONVERT_TO_SHRINK:
+        exif = _exif_bytes(img)
+        target = _CONVERT_TO_SHRINK[img.mode]
+        if img.mode == "P" and "transparency" not in img.info:
+            target = "RGB"
+        img = img.convert(target)
+        if exif:
+            img.info["exif"] = exif
+    exif = _exif_bytes(img)
+    while (factor := reduction_factor(img.size, min_side)) > 1:
+        img = img.reduce(factor)
+    if exif:
+        img.info["exif"] = exif  # reduce() keeps no metadata; the orientation is applied later
     return img
 
 

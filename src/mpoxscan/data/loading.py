@@ -11,15 +11,15 @@ import torch
 from torch.utils.data import Dataset
 
 from mpoxscan.data.datasets import ImageRecord
-from mpoxscan.data.images import decode_image
-from mpoxscan.data.preprocessing import Preprocessing, resize_image
+from mpoxscan.data.photos import photo_pixels, read_photo
+from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.errors import DatasetError, InvalidImageError
 
 
 def load_image_batch(
     records: Sequence[ImageRecord], image_size: int | Preprocessing
 ) -> tuple[torch.Tensor, torch.Tensor, list[ImageRecord]]:
-    """Decode and resize photos into one uint8 batch.
+    """Read photos (:func:`~mpoxscan.data.photos.read_photo`) and resize them into one uint8 batch.
 
     A file that cannot be decoded is named in a ``UserWarning`` and left out; the others load.
 
@@ -36,7 +36,7 @@ def load_image_batch(
     kept: list[ImageRecord] = []
     for record in records:
         try:
-            img = decode_image(record.path)
+            img = read_photo(record.path, size)
         except (InvalidImageError, OSError) as exc:
             reason = str(exc).rstrip(".")
             warnings.warn(
@@ -45,7 +45,7 @@ def load_image_batch(
                 stacklevel=2,
             )
             continue
-        arrays.append(np.asarray(resize_image(img, size), dtype=np.uint8).transpose(2, 0, 1))
+        arrays.append(photo_pixels(img, size).transpose(2, 0, 1))
         kept.append(record)
     images = (
         torch.from_numpy(np.stack(arrays))

@@ -12,9 +12,9 @@ import numpy as np
 
 from mpoxscan.data.audit import merge_duplicates
 from mpoxscan.data.datasets import DatasetIndex, ImageRecord, fingerprint_records
-from mpoxscan.data.images import decode_image
+from mpoxscan.data.photos import read_photo
 from mpoxscan.data.sources import load_sources
-from mpoxscan.data.splits import split_dataset
+from mpoxscan.data.splits import Split, split_dataset
 from mpoxscan.errors import DatasetError, InvalidImageError
 from mpoxscan.evaluation.metrics import screening_metrics, to_jsonable
 from mpoxscan.evaluation.per_source import ScoredPhotos, per_source_figures
@@ -23,6 +23,9 @@ from mpoxscan.inference.bundle import BundleMeta
 from mpoxscan.inference.predictor import Predictor
 
 BATCH_SIZE = 16
+
+#: The parts of a pre-split dataset (``ImageRecord.split``).
+_PARTS = ("train", "val", "test")
 
 
 @dataclass
@@ -81,15 +84,37 @@ def evaluation_records(index: DatasetIndex, meta: BundleMeta) -> tuple[list[Imag
 
 def _held_out(index: DatasetIndex, meta: BundleMeta) -> list[ImageRecord]:
     """The test part of the split the bundle was trained with (same settings and seed)."""
+    return _training_split(index, meta).test
+
+
+def bundle_split(index: DatasetIndex, meta: BundleMeta) -> Split | None:
+    """The train / val / test split a bundle was trained with, when ``index`` is its data.
+
+    Args:
+        index: a dataset.
+        meta: the bundle's metadata.
+
+    Returns:
+        A pre-split dataset's own folders; for an unsplit dataset with the bundle's data
+        fingerprint, the split of training time; otherwise ``None``.
+    """
+    if index.layout == "presplit":
+        parts = {name: [r for r in index.records if r.split == name] for name in _PARTS}
+        return Split(**parts)
+    if fingerprint_records(index.records) != meta.data_fingerprint:
+        return None
+    return _training_split(index, meta)
+
+
+def _training_split(index: DatasetIndex, meta: BundleMeta) -> Split:
     data_cfg = meta.config.get("data", {})
     train_cfg = meta.config.get("train", {})
-    split = split_dataset(
+    return split_dataset(
         merge_duplicates(index),
         val_fraction=data_cfg.get("val_fraction", 0.1),
         test_fraction=data_cfg.get("test_fraction", 0.2),
         seed=train_cfg.get("seed", 0),
     )
-    return split.test
 
 
 def _predict_records(
@@ -102,7 +127,7 @@ def _predict_records(
         images = []
         for record in records[start : start + BATCH_SIZE]:
             try:
-                images.append(decode_image(record.path))
+                images.append(read_photo(record.path, predictor.image_size_))
                 kept.append(record)
             except InvalidImageError as error:
                 warnings.warn(f"skipping {record.path}: {error}", stacklevel=2)

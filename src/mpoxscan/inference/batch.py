@@ -27,10 +27,11 @@ from typing import Any, BinaryIO, Literal, Protocol
 
 import numpy as np
 
-from mpoxscan.data.images import IMAGE_SUFFIXES, decode_image
-from mpoxscan.data.preprocessing import resize_image
+from mpoxscan.data.images import IMAGE_SUFFIXES
+from mpoxscan.data.photos import photo_pixels, read_photo
 from mpoxscan.errors import InvalidImageError
 from mpoxscan.inference.predictor import Predictor
+from mpoxscan.inference.quality import QualityIssue, QualitySettings, check_photo
 
 Row = dict[str, Any]
 OutputFormat = Literal["csv", "jsonl"]
@@ -56,6 +57,10 @@ UNREADABLE_CODE = "unreadable_file"
 
 #: Prefix of the per-class probability columns in CSV output (``p_Monkey Pox``).
 CLASS_COLUMN_PREFIX = "p_"
+
+#: Output columns before and after the per-class probabilities (see :func:`row_columns`).
+_LEADING_COLUMNS = ("file", "status", "label", "probability", "band")
+_TRAILING_COLUMNS = ("reason", "error", "code")
 
 
 @dataclass(frozen=True)
@@ -98,11 +103,12 @@ class BatchSummary:
 
     Attributes:
         out: the output file.
-        predicted: rows with a prediction written in this run.
+        predicted: rows with a prediction (status ``ok``) written in this run.
         failed: error rows (unreadable files) written in this run.
         skipped: files left alone because the output already had them.
         seconds: wall time of this run.
         failures: ``(file, error)`` of the unreadable files of this run.
+        retake: rows of photos the checks refused (status ``retake``) written in this run.
     """
 
     out: Path
@@ -111,11 +117,13 @@ class BatchSummary:
     skipped: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    retake: int = 0
 
     @property
     def images_per_second(self) -> float:
-        """Files processed (predicted or failed) per second in this run."""
-        return (self.predicted + self.failed) / self.seconds if self.seconds > 0 else 0.0
+        """Files processed (predicted, refused or failed) per second in this run."""
+        done = self.predicted + self.retake + self.failed
+        return done / self.seconds if self.seconds > 0 else 0.0
 
 
 def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
@@ -187,51 +195,67 @@ def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 @dataclass
 class PreparedBatch:
-    """Files decoded and resized into model input.
+    """Files read (:func:`~mpoxscan.data.photos.read_photo`), checked and resized.
 
     Attributes:
         files: the files, in order.
-        pixels: ``(n_ok, 3, S, S)`` float32 input of the files that decoded, in order.
-        failures: per file, ``None`` when it decoded, else ``(error message, error code)``.
+        pixels: ``(n_ok, 3, S, S)`` float32 input of the files that were read and passed the
+            photo checks, in order.
+        failures: per file, ``None`` when it was read, else ``(error message, error code)``.
+        issues: per file, the photo checks' objections (:func:`check_photo`; empty when it
+            passed or could not be read).
     """
 
     files: list[Path]
     pixels: np.ndarray
     failures: list[tuple[str, str] | None]
+    issues: list[list[QualityIssue]]
 
 
-def prepare_batch(files: Sequence[Path], image_size: int) -> PreparedBatch:
-    """Decode and resize files into model input; files that cannot be read are noted.
+def prepare_batch(
+    files: Sequence[Path], image_size: int, quality: QualitySettings | None = None
+) -> PreparedBatch:
+    """Read, check and resize files into model input; unreadable and refused files are noted.
 
-    The pixels are those of :func:`~mpoxscan.inference.predictor.images_to_pixels` on the
-    decoded photos.
+    Each photo is read reduced and checked (size, exposure, sharpness) on that reduced image,
+    as the web service does; the pixels are those of
+    :func:`~mpoxscan.inference.predictor.images_to_pixels` on the photos that pass.
 
     Args:
         files: image files.
         image_size: the model's input side.
+        quality: the photo checks' thresholds (the predictor's ``quality``).
 
     Returns:
         The :class:`PreparedBatch`.
     """
     pixels = np.empty((len(files), 3, image_size, image_size), dtype=np.float32)
     failures: list[tuple[str, str] | None] = []
+    issues: list[list[QualityIssue]] = []
     n_ok = 0
     for path in files:
         try:
-            image = resize_image(decode_image(path), image_size)
+            photo = read_photo(path, image_size)
         except (InvalidImageError, OSError) as error:
             message = error.strerror if isinstance(error, OSError) and error.strerror else error
             failures.append((str(message), getattr(error, "code", UNREADABLE_CODE)))
+            issues.append([])
             continue
-        # uint8 HWC straight into the float32 CHW slot: one pass, no temporary float image.
-        pixels[n_ok] = np.asarray(image).transpose(2, 0, 1)
-        n_ok += 1
         failures.append(None)
-    return PreparedBatch(list(files), pixels[:n_ok], failures)
+        issues.append(check_photo(photo, quality))
+        if not issues[-1]:
+            # uint8 HWC straight into the float32 CHW slot: one pass, no temporary float image.
+            pixels[n_ok] = photo_pixels(photo, image_size).transpose(2, 0, 1)
+            n_ok += 1
+    return PreparedBatch(list(files), pixels[:n_ok], failures, issues)
 
 
 def prediction_rows(predictor: Predictor, batch: PreparedBatch) -> list[Row]:
     """Run the model on a prepared batch and give one result row per file, in order.
+
+    Photos that passed the pixel checks go through the model and the out-of-domain check
+    (:meth:`Predictor.judge`), so each row's ``status`` is the web page's: ``ok``, ``retake``
+    (with the ``reason``) or ``error``.
 
     Args:
         predictor: a loaded predictor.
@@ -240,35 +264,55 @@ def prediction_rows(predictor: Predictor, batch: PreparedBatch) -> list[Row]:
     Returns:
         Rows with the keys of :func:`row_columns` (``probabilities`` a dict by class).
     """
-    predictions = iter(())
+    assessments = iter(())
     if len(batch.pixels):
-        probabilities, _ = predictor.predict_pixels(batch.pixels)
-        predictions = iter([predictor.to_prediction(row) for row in probabilities])
+        assessments = iter(predictor.judge(*predictor.predict_pixels(batch.pixels)))
     rows = []
-    for path, failure in zip(batch.files, batch.failures, strict=True):
-        if failure is None:
-            prediction = next(predictions)
-            rows.append(
-                _row(path, prediction.label, prediction.probability, prediction.probabilities)
-            )
+    for path, failure, issues in zip(batch.files, batch.failures, batch.issues, strict=True):
+        if failure is not None:
+            rows.append(_row(path, "error", error=failure[0], code=failure[1]))
+            continue
+        if issues:
+            rows.append(_row(path, "retake", reason=issues[0].code))
+            continue
+        assessment = next(assessments)
+        prediction = assessment.prediction
+        if prediction is None:
+            rows.append(_row(path, "retake", reason=assessment.reasons[0].code))
         else:
-            rows.append(_row(path, error=failure[0], code=failure[1]))
+            rows.append(
+                _row(
+                    path,
+                    "ok",
+                    label=prediction.label,
+                    probability=prediction.probability,
+                    band=prediction.band,
+                    probabilities=prediction.probabilities,
+                )
+            )
     return rows
 
 
 def _row(
     path: Path,
+    status: str,
+    *,
     label: str | None = None,
     probability: float | None = None,
+    band: str | None = None,
     probabilities: dict[str, float] | None = None,
+    reason: str | None = None,
     error: str | None = None,
     code: str | None = None,
 ) -> Row:
     return {
         "file": str(path),
+        "status": status,
         "label": label,
         "probability": probability,
+        "band": band,
         "probabilities": probabilities,
+        "reason": reason,
         "error": error,
         "code": code,
     }
@@ -308,7 +352,7 @@ class LocalEngine:
         pending: deque[Future[PreparedBatch]] = deque()
         try:
             for chunk in chunked(files, config.batch_size):
-                pending.append(pool.submit(prepare_batch, chunk, size))
+                pending.append(pool.submit(prepare_batch, chunk, size, self.predictor.quality))
                 if len(pending) > config.prefetch_batches:
                     yield pending.popleft().result()
             while pending:
@@ -351,15 +395,18 @@ def output_format(out: Path) -> OutputFormat:
 def row_columns(classes: Sequence[str], fmt: OutputFormat) -> list[str]:
     """The columns of an output file.
 
-    JSON Lines rows have ``file, label, probability, probabilities, error, code``, with
-    ``probabilities`` an object by class; CSV has one ``p_<class>`` column per class instead.
-    ``probability`` is that of the positive class (empty without one); a file that cannot be
-    read has only ``file``, ``error`` and ``code``.
+    JSON Lines rows have ``file, status, label, probability, band, probabilities, reason,
+    error, code``, with ``probabilities`` an object by class; CSV has one ``p_<class>`` column
+    per class instead. ``status`` is the web page's: ``ok`` (a prediction: ``label``,
+    ``probability`` of the positive class, empty without one, and its screening ``band``),
+    ``retake`` (the photo checks refused it; ``reason`` is the check's code, e.g.
+    ``too_blurry`` or ``out_of_domain``) or ``error`` (the file cannot be read: ``error`` and
+    ``code``).
     """
     if fmt == "jsonl":
-        return ["file", "label", "probability", "probabilities", "error", "code"]
+        return [*_LEADING_COLUMNS, "probabilities", *_TRAILING_COLUMNS]
     per_class = [f"{CLASS_COLUMN_PREFIX}{name}" for name in classes]
-    return ["file", "label", "probability", *per_class, "error", "code"]
+    return [*_LEADING_COLUMNS, *per_class, *_TRAILING_COLUMNS]
 
 
 def read_finished(out: Path, classes: Sequence[str]) -> set[str]:
@@ -486,8 +533,8 @@ class _Writer:
         # csv writes floats with repr: they read back exactly.
         probabilities = row["probabilities"] or {}
         per_class = [probabilities.get(name) for name in self.classes]
-        values = [row["file"], row["label"], row["probability"], *per_class]
-        return [*values, row["error"], row["code"]]
+        leading = [row[column] for column in _LEADING_COLUMNS]
+        return [*leading, *per_class, *(row[column] for column in _TRAILING_COLUMNS)]
 
     def close(self) -> None:
         self.handle.close()
@@ -536,11 +583,11 @@ def predict_to_file(
     try:
         for rows in engine(todo()):
             writer.write(rows)
-            failures = [(row["file"], row["error"]) for row in rows if row["error"] is not None]
+            failures = [(row["file"], row["error"]) for row in rows if row["status"] == "error"]
             summary.failures.extend(failures)
-            failed = len(failures)
-            summary.failed += failed
-            summary.predicted += len(rows) - failed
+            summary.failed += len(failures)
+            summary.retake += sum(row["status"] == "retake" for row in rows)
+            summary.predicted += sum(row["status"] == "ok" for row in rows)
             summary.seconds = time.perf_counter() - start
             if on_progress is not None:
                 on_progress(summary)

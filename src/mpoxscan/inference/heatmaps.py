@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpoxscan.data.images import decode_image
+from mpoxscan.data.photos import read_photo
 from mpoxscan.errors import InvalidImageError
 from mpoxscan.inference.explain import display_copy, heatmap_png_bytes
 from mpoxscan.inference.predictor import Assessment, Predictor
@@ -50,7 +50,7 @@ def write_heatmaps(
     taken: set[str] = set()
     for path in paths:
         try:
-            image = decode_image(path)
+            image = read_photo(path, predictor.image_size_)
         except (InvalidImageError, OSError) as error:
             yield ExplainedPhoto(path, error=str(error))
             continue

@@ -17,8 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from mpoxscan.data.images import decode_image
-from mpoxscan.data.preprocessing import resize_image
+from mpoxscan.data.photos import photo_pixels, read_photo
 from mpoxscan.errors import BundleError
 from mpoxscan.inference.bundle import (
     ONNX_FILE,
@@ -71,24 +70,29 @@ def logits_to_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.
 PhotoInput = Image.Image | str | Path | bytes
 
 
-def as_image(photo: PhotoInput) -> Image.Image:
-    """A decoded photo from a PIL image, a path (``str`` or ``Path``) or an image file's bytes.
+def as_image(photo: PhotoInput, image_size: int) -> Image.Image:
+    """A photo read as every path reads it (:func:`~mpoxscan.data.photos.read_photo`).
+
+    Args:
+        photo: a PIL image, a path (``str`` or ``Path``) or an image file's bytes.
+        image_size: the model's input side (photos are read reduced to a few times it).
 
     Raises:
         InvalidImageError: the path or bytes are not a photo mpoxscan can read.
         FileNotFoundError: the path does not exist.
     """
-    if isinstance(photo, Image.Image):
-        return photo
     if isinstance(photo, bytearray | memoryview):
         photo = bytes(photo)
-    if isinstance(photo, str | Path | bytes):
-        return decode_image(photo)
+    if isinstance(photo, Image.Image | str | Path | bytes):
+        return read_photo(photo, image_size)
     raise TypeError(f"expected a PIL image, a file path or image bytes, got {type(photo).__name__}")
 
 
 def images_to_pixels(images: Sequence[Image.Image], image_size: int) -> np.ndarray:
-    """Resize photos as in training and stack them as model input.
+    """Reduce and resize photos as in training and stack them as model input.
+
+    Each photo goes through :func:`~mpoxscan.data.photos.photo_pixels`, the resize of every
+    path (photos from :func:`~mpoxscan.data.photos.read_photo` are already reduced).
 
     Args:
         images: decoded photos (converted to RGB when they are not).
@@ -100,8 +104,7 @@ def images_to_pixels(images: Sequence[Image.Image], image_size: int) -> np.ndarr
     """
     pixels = np.empty((len(images), 3, image_size, image_size), dtype=np.float32)
     for i, image in enumerate(images):
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        pixels[i] = np.asarray(resize_image(rgb, image_size), dtype=np.float32).transpose(2, 0, 1)
+        pixels[i] = photo_pixels(image, image_size).transpose(2, 0, 1)
     return pixels
 
 
@@ -140,30 +143,38 @@ def screening_band(probability: float, threshold: float) -> str:
 
 @dataclass
 class Prediction:
-    """The model's answer for one photo.
+    """The answer for one photo: the web page's, from :meth:`Predictor.predict`.
 
     Attributes:
         label: the predicted class name (binary: positive when ``probability >= threshold``;
-            multi-class: the most probable class).
-        probability: probability of the positive class; ``None`` when the bundle has none.
-        probabilities: every class's probability.
+            multi-class: the most probable class); ``None`` when ``status`` is ``"retake"``.
+        probability: probability of the positive class; ``None`` when the bundle has none or
+            the photo could not be assessed.
+        probabilities: every class's probability (empty for a retake).
         band: ``"low" | "uncertain" | "high"`` from :func:`screening_band`; ``None`` when the
-            bundle has no positive class.
+            bundle has no positive class or for a retake.
         no_lesion: the bundle's "no lesion seen" head says the photo shows skin without a
             lesion, and the band is ``"low"`` (never set for an uncertain or high photo).
         no_lesion_probability: that head's probability, ``None`` without such a head.
+        status: ``"ok"``, or ``"retake"`` when the photo checks refused the photo (too small,
+            blurred, badly exposed, or not a photo of skin), as the web page does.
+        reasons: why a retake is needed (empty when ``ok``).
     """
 
-    label: str
+    label: str | None
     probability: float | None
     probabilities: dict[str, float]
     band: str | None
     no_lesion: bool = False
     no_lesion_probability: float | None = None
+    status: str = "ok"
+    reasons: list[QualityIssue] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         return {
+            "status": self.status,
+            "reasons": [reason.to_dict() for reason in self.reasons],
             "label": self.label,
             "probability": self.probability,
             "probabilities": dict(self.probabilities),
@@ -214,6 +225,8 @@ class Predictor:
         positive_class_: the screened-for class, or ``None``.
         threshold_: decision threshold on the positive-class probability.
         backend_: ``"onnx"`` or ``"torch"``.
+        onnx_file_: the ONNX graph that runs (``model.json``'s ``runs``: ``model.onnx`` or
+            the int8 ``model.int8.onnx``); only with the ONNX backend.
         image_size_: the input side photos are resized to.
         ood_: the out-of-domain detector, or ``None``.
         no_lesion_: the "no lesion seen" head, or ``None``.
@@ -284,7 +297,11 @@ class Predictor:
         if self.backend_ == "onnx":
             from mpoxscan.inference.onnx_runtime import OnnxModel
 
-            self.onnx_model_ = OnnxModel(bundle / ONNX_FILE, threads=self.threads)
+            # The graph model.json says runs (the int8 one after `export --quantize int8`);
+            # like every listed file it was hash-checked by read_bundle_meta.
+            runs = str(meta.document.get("runs") or ONNX_FILE)
+            self.onnx_file_ = runs if runs in meta.files else ONNX_FILE
+            self.onnx_model_ = OnnxModel(bundle / self.onnx_file_, threads=self.threads)
         else:
             self._torch_module()
         return self
@@ -325,7 +342,7 @@ class Predictor:
         return probabilities.numpy(), embeddings.numpy()
 
     def _run_images(self, images: Sequence[PhotoInput]) -> tuple[np.ndarray, np.ndarray]:
-        images = [as_image(image) for image in images]
+        images = [as_image(image, self.image_size_) for image in images]
         probabilities, embeddings = [], []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
@@ -348,14 +365,22 @@ class Predictor:
         return self._run_images(list(images))[0]
 
     def predict(self, image: PhotoInput) -> Prediction:
-        """Predict one photo: a PIL image, a file path or image bytes (no photo checks; see
-        :meth:`assess`)."""
+        """Check and predict one photo (a PIL image, a file path or image bytes), as the web
+        page does (see :meth:`predict_many`)."""
         return self.predict_many([image])[0]
 
     def predict_many(self, images: Sequence[PhotoInput]) -> list[Prediction]:
-        """Predict photos in batches (no photo checks; see :meth:`assess_many`)."""
-        probabilities, embeddings = self._run_images(list(images))
-        return self._predictions(probabilities, embeddings)
+        """Check and predict photos in batches, giving the web page's answer for each.
+
+        A photo the checks refuse gets ``status="retake"`` with its reasons and no label or
+        probability; :meth:`predict_proba` gives the raw probabilities without checks.
+        """
+        return [
+            assessment.prediction
+            if assessment.prediction is not None
+            else Prediction(None, None, {}, None, status="retake", reasons=assessment.reasons)
+            for assessment in self.assess_many(images)
+        ]
 
     def _predictions(self, probabilities: np.ndarray, embeddings: np.ndarray) -> list[Prediction]:
         """Predictions from model outputs, with the no-lesion head's answer when there is one."""
@@ -384,7 +409,7 @@ class Predictor:
             One :class:`Assessment` per photo, in order. The photos that pass the pixel checks
             go through the model together, in batches.
         """
-        images = [as_image(image) for image in images]
+        images = [as_image(image, self.image_size_) for image in images]
         results: list[Assessment | None] = []
         passed: list[int] = []
         for i, image in enumerate(images):
@@ -393,15 +418,36 @@ class Predictor:
             if not issues:
                 passed.append(i)
         probabilities, embeddings = self._run_images([images[i] for i in passed])
-        distances = self.ood_.distance(embeddings) if self.ood_ is not None and passed else None
-        predictions = self._predictions(probabilities, embeddings) if passed else []
-        for j, i in enumerate(passed):
+        for i, assessment in zip(passed, self.judge(probabilities, embeddings), strict=True):
+            results[i] = assessment
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def judge(self, probabilities: np.ndarray, embeddings: np.ndarray) -> list[Assessment]:
+        """Assess photos that passed :func:`check_photo` from the model's outputs.
+
+        The out-of-domain detector (when the bundle has one) refuses embeddings far from the
+        training photos; the others get their prediction. Batch prediction and
+        :meth:`assess_many` share it, so both give the web page's answers.
+
+        Args:
+            probabilities: ``(N, n_classes)`` from :meth:`predict_pixels`.
+            embeddings: ``(N, C)`` from the same call.
+
+        Returns:
+            One :class:`Assessment` per row.
+        """
+        if not len(probabilities):
+            return []
+        distances = self.ood_.distance(embeddings) if self.ood_ is not None else None
+        predictions = self._predictions(probabilities, embeddings)
+        results = []
+        for j, prediction in enumerate(predictions):
             distance = None if distances is None else float(distances[j])
             if distance is not None and distance > self.ood_.threshold_:
-                results[i] = Assessment(False, [out_of_domain_issue()], None, distance)
+                results.append(Assessment(False, [out_of_domain_issue()], None, distance))
             else:
-                results[i] = Assessment(True, [], predictions[j], distance)
-        return results  # type: ignore[return-value]  # every slot is filled above
+                results.append(Assessment(True, [], prediction, distance))
+        return results
 
     def explain(self, image: Image.Image, target: str | None = None) -> np.ndarray:
         """Grad-CAM heat map of what drove the prediction, at the photo's size.

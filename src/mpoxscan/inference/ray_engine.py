@@ -76,7 +76,9 @@ class RayPredictBatch:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Turn a batch of ``path`` strings into ``row`` JSON strings, in order."""
         files = [Path(path) for path in batch["path"]]
-        rows = prediction_rows(self.predictor, prepare_batch(files, self.predictor.image_size_))
+        predictor = self.predictor
+        prepared = prepare_batch(files, predictor.image_size_, predictor.quality)
+        rows = prediction_rows(predictor, prepared)
         # JSON keeps the rows exactly as the local engine makes them (floats round-trip).
         return {"row": np.array([json.dumps(row) for row in rows], dtype=object)}
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mpoxscan.data.images import ImageLimits, decode_cost, decode_image
+from mpoxscan.data.images import ImageLimits, decode_cost
+from mpoxscan.data.photos import read_photo
 from mpoxscan.errors import InvalidImageError
 from mpoxscan.inference.explain import DISPLAY_MAX_SIDE, display_copy, heatmap_png_bytes
 from mpoxscan.inference.predictor import Assessment, Predictor
@@ -141,7 +142,8 @@ def analyse_uploads(
         ApiError: when the request has a single photo and it cannot be decoded; with several
             photos, a bad file becomes an ``error`` entry and the others are still predicted.
     """
-    decoded = [_decode(upload, limits, decode_budget) for upload in uploads]
+    size = predictor.image_size_
+    decoded = [_decode(upload, limits, decode_budget, size) for upload in uploads]
     if len(decoded) == 1 and isinstance(decoded[0], ApiError):
         raise decoded[0]
     images = [item for item in decoded if isinstance(item, Image.Image)]
@@ -201,7 +203,7 @@ _ASSESSED = ("ok", "no_lesion")
 
 
 def _decode(
-    upload: Upload, limits: ImageLimits, budget: DecodeBudget | None
+    upload: Upload, limits: ImageLimits, budget: DecodeBudget | None, input_size: int
 ) -> Image.Image | ApiError:
     if upload.too_large:
         return ApiError(
@@ -211,11 +213,14 @@ def _decode(
         )
     try:
         data = bytes(upload.data)
+        # Read as every other path reads it (read_photo: reduced to a few times the model's
+        # input, which replaces limits.max_side), so the page's answer is the CLI's.
         if budget is None:
-            return decode_image(data, limits)
-        # The copy of the file is held while decoding too; the cost comes from the header.
+            return read_photo(data, input_size, limits)
+        # The copy of the file is held while decoding too; the cost comes from the header
+        # (counted at max_side, more than read_photo's smaller reduced size needs).
         with budget.reserve(decode_cost(data, limits) + len(data)):
-            return decode_image(data, limits)
+            return read_photo(data, input_size, limits)
     except InvalidImageError as exc:
         return ApiError.from_invalid_image(exc)
     except (OSError, ValueError, RuntimeError, struct.error, IndexError, TypeError) as exc:
