@@ -56,7 +56,10 @@ def test_training_evaluation_batch_web_and_api_see_equal_pixels(photo_files):
     # Evaluation, explain and the Python API read files with read_photo, then images_to_pixels.
     api = images_to_pixels([read_photo(path, size) for path in photo_files], size)
     web = images_to_pixels(
-        [_decode(Upload(bytearray(p.read_bytes())), ImageLimits(), size) for p in photo_files],
+        [
+            _decode(Upload(bytearray(p.read_bytes())), ImageLimits(max_side=2048), None, size)
+            for p in photo_files
+        ],
         size,
     )
     for pixels in (batch, api, web):
