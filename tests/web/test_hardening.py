@@ -122,6 +122,8 @@ def test_a_client_that_disconnects_mid_upload_is_logged_once_at_info(client, cap
     assert len(mine) == 1 and mine[0].levelno == logging.INFO
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not any(r.exc_info for r in caplog.records)
+    [access] = [r for r in caplog.records if r.name == "mpoxscan.access"]
+    assert access.json_fields["status"] == 499  # client closed the request, not a 500
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mpoxscan.web.api_errors import ApiError
+from mpoxscan.web.observability import CLIENT_DISCONNECTED
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ class CatchAllMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except ClientDisconnect:
-            # Nobody is left to answer; the access log line records the request.
+            # Nobody is left to answer; the access log records the request with status 499.
+            scope.setdefault("state", {})[CLIENT_DISCONNECTED] = True
             logger.info("client disconnected during %s %s", scope.get("method"), _path(scope))
         except Exception:
             logger.exception("unhandled error on %s %s", scope.get("method"), _path(scope))

@@ -22,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-ID"
 ACCESS_LOGGER = "mpoxscan.access"
+#: The request-state flag that says the client disconnected before it was answered.
+CLIENT_DISCONNECTED = "client_disconnected"
 #: A request id a proxy sends is kept when it is this plain (so it cannot forge log lines).
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 #: Paths of unknown pages come from scanners and can be long; the log keeps the start.
@@ -62,8 +64,10 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            # An exception that escaped the app becomes a 500 in Starlette's outer layer.
-            self._log(scope, request_id, status[0] if status else 500, started)
+            # No answer: the client went away (499, as nginx logs it), or an exception escaped
+            # the app and became a 500 in Starlette's outer layer.
+            gone = scope.get("state", {}).get(CLIENT_DISCONNECTED, False)
+            self._log(scope, request_id, status[0] if status else 499 if gone else 500, started)
 
     def _log(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         fields: dict[str, Any] = {
