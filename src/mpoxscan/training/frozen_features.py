@@ -36,6 +36,7 @@ from torch import nn
 
 from mpoxscan.data.datasets import ImageRecord
 from mpoxscan.data.loading import ImageDataset
+from mpoxscan.data.photos import READ_SCALE
 from mpoxscan.data.preprocessing import Preprocessing
 from mpoxscan.data.style import StyleConfig, random_style
 from mpoxscan.data.transforms import AugmentConfig, build_augmentation, normalize_batch
@@ -56,7 +57,7 @@ from mpoxscan.training.loop import (
 #: The views averaged by test-time augmentation: the photo and its mirror image.
 TTA_VIEWS = 2
 # Bumped when the way views or embeddings are computed changes, so old disk caches miss.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 class FeatureCache:
@@ -123,6 +124,8 @@ def photo_key(
     """The cache key of one photo's views: everything the cached arrays depend on."""
     parts: dict = {
         "version": _CACHE_VERSION,
+        # Arrays made before the canonical reader (version 1) read large photos differently.
+        "read_scale": READ_SCALE,
         "file": file_hash,
         "backbone": backbone,
         "image_size": image_size,
