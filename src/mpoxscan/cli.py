@@ -978,20 +978,49 @@ def _mean_sd(stats: dict) -> str:
 @app.command()
 def audit(
     data: DataListOpt,
-    against: Annotated[Path | None, typer.Option(help="A second dataset to compare with.")] = None,
+    against: Annotated[
+        list[Path] | None,
+        typer.Option(help="Another dataset to look for shared photos in (repeatable)."),
+    ] = None,
     near_threshold: Annotated[
         int, typer.Option(help="Largest perceptual-hash distance counted as a near-duplicate.")
     ] = 6,
+    min_inliers: Annotated[
+        int, typer.Option(help="Matched points a cropped or rotated copy needs.")
+    ] = 8,
+    min_similarity: Annotated[
+        float, typer.Option(help="Smallest embedding cosine checked for matched points.")
+    ] = 0.6,
+    top_k: Annotated[int, typer.Option(help="Candidates checked per photo.")] = 5,
+    crops: Annotated[
+        bool, typer.Option(help="Look for cropped/rotated/mirrored copies (pretrained features).")
+    ] = True,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Folder where photo embeddings are cached by file hash.")
+    ] = None,
+    pairs_png: Annotated[
+        Path | None,
+        typer.Option("--pairs-png", help="Write a contact sheet of the copy pairs found."),
+    ] = None,
     json_out: Annotated[
         Path | None,
         typer.Option("--json", help="Also write the full report as JSON; '-' prints it instead."),
     ] = None,
 ) -> None:
-    """Audit a dataset: unreadable files, duplicates, leaks across splits; exits 1 on a leak."""
+    """Audit datasets: unreadable files, copies of one photo, leaks across splits and sets;
+    exits 1 on a leak."""
     from mpoxscan.data.audit import audit_dataset
+    from mpoxscan.data.copies import CopyConfig
+    from mpoxscan.evaluation.copy_sheet import write_pairs_sheet
     from mpoxscan.evaluation.tables import audit_table
 
-    report = audit_dataset(data, against=against, near_threshold=near_threshold)
+    config = CopyConfig(
+        min_inliers=min_inliers, min_similarity=min_similarity, top_k=top_k, cache_dir=cache_dir
+    )
+    embed = _copy_embedder() if crops else None
+    report = audit_dataset(
+        data, against=against, near_threshold=near_threshold, embed=embed, copy_config=config
+    )
     payload = report.to_dict()
     if json_out == Path("-"):
         console.print_json(json.dumps(payload))
@@ -1000,9 +1029,19 @@ def audit(
         if json_out:
             json_out.write_text(json.dumps(payload, indent=2))
             console.print(f"wrote {json_out}", soft_wrap=True)
+    if pairs_png:
+        write_pairs_sheet(report.all_pairs, pairs_png)
+        err_console.print(f"wrote {pairs_png}", soft_wrap=True)
     if report.has_leaks:
         err_console.print("[bold red]leak:[/] photos or patients straddle the splits (see above)")
         raise typer.Exit(code=1)
+
+
+def _copy_embedder() -> Any:
+    """The pretrained features the copy finder compares photos by (imports torch)."""
+    from mpoxscan.models.region_embedding import RegionEmbedder
+
+    return RegionEmbedder()
 
 
 @app.command()

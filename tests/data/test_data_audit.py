@@ -91,7 +91,8 @@ def test_clean_unsplit_set_has_no_leaks_in_its_split_or_folds(tiny_dataset):
     report = audit_dataset(tiny_dataset, seed=0, folds=5)
     assert not report.has_leaks
     assert report.exact_duplicates == [] and report.near_duplicates == []
-    assert report.notes == []  # both the split and the CV folds were checked
+    # both the split and the CV folds were checked (only the crop search was not asked for)
+    assert report.notes == ["Cropped copies not searched: no embedder given (stage 1 only)."]
     assert report.photos_per_class == {"Monkey Pox": 24, "Others": 24}
 
 
@@ -150,7 +151,7 @@ def test_against_finds_photos_shared_with_another_set(tmp_path, clean_presplit):
     report = audit_dataset(clean_presplit, against=other)
     assert [(p.a.name, p.b.name) for p in report.against_duplicates] == [("P10_2.jpg", "x.jpg")]
     assert report.has_leaks
-    assert report.to_dict()["against_duplicates"][0]["b"] == "mpox/x.jpg"
+    assert report.to_dict()["against_duplicates"][0]["b"] == "external/mpox/x.jpg"
 
 
 def test_unsplit_set_copy_under_another_patient_is_caught_and_merged(tmp_path):

@@ -2,6 +2,9 @@
 
 import csv
 import json
+import shutil
+
+from PIL import Image, ImageOps
 
 from mpoxscan.data.datasets import fingerprint_records
 from mpoxscan.data.sources import sources_summary
@@ -37,6 +40,7 @@ def test_cv_tests_every_photo_once_and_never_splits_a_patient(tiny_dataset, tmp_
         "n_patients": 24,
         "per_class": {"Monkey Pox": 24, "Others": 24},
         "sources": sources_summary(index),
+        "copy_merges": [],
     }
     accuracy = summary["mean_std"]["accuracy"]
     assert len(accuracy["values"]) == 3 and 0 <= accuracy["mean"] <= 1
@@ -76,3 +80,27 @@ def test_leave_source_out_cv_tests_each_negative_source_from_a_model_without_it(
     assert 0 <= figures["clinic", "Scabies"]["called"] <= 1
     assert summary["config"]["leave_source_out"] is True
     assert [s["name"] for s in summary["data"]["sources"]] == ["web", "abdomen", "clinic"]
+
+
+def test_cv_puts_a_cropped_copy_under_another_patient_in_its_originals_fold(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    original = sorted((data / "Others").glob("*.jpg"))[0]
+    with Image.open(original) as img:
+        w, h = img.size
+        copy = ImageOps.mirror(img.crop((w // 10, h // 10, w, h)).resize((w * 2, h * 2)))
+    copy.save(data / "Others" / "zz99_1.jpg", quality=80)  # a patient id of its own
+    summary = run_cv(
+        DataConfig(data_dir=str(data)),
+        ModelConfig(name="seed-cnn", image_size=96),
+        TrainConfig(epochs=1, batch_size=8),
+        tmp_path / "cv",
+        folds=3,
+    )
+    group = "Others/" + original.stem.split("_")[0]
+    assert summary["data"]["copy_merges"] == [{"group": group, "members": [group, "Others/zz99"]}]
+    with (tmp_path / "cv" / "oof.csv").open() as handle:
+        rows = {row["file"]: row for row in csv.DictReader(handle)}
+    copy_row, original_row = rows[str(data / "Others/zz99_1.jpg")], rows[str(original)]
+    assert copy_row["patient"] == original_row["patient"] == group
+    assert copy_row["fold"] == original_row["fold"]

@@ -43,6 +43,7 @@ def test_splits_in_bundle_are_patient_grouped(tiny_bundle):
     assert sum(s["patients"] for s in splits.values()) == 24  # no patient counted twice
     assert sum(s["images"] for s in splits.values()) == 48
     assert meta["data"]["leak_warnings"] == []
+    assert meta["data"]["copy_merges"] == []  # no copies among the generated photos
 
 
 def test_loaded_bundle_predicts_label_and_probabilities(tiny_bundle, tiny_dataset):

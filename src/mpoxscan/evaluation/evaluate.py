@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from mpoxscan.data.audit import merge_duplicates
+from mpoxscan.data.copies import GroupMerge, apply_group_merges
 from mpoxscan.data.datasets import DatasetIndex, ImageRecord, fingerprint_records
 from mpoxscan.data.photos import read_photo
 from mpoxscan.data.sources import load_sources
@@ -82,6 +83,16 @@ def evaluation_records(index: DatasetIndex, meta: BundleMeta) -> tuple[list[Imag
     return list(index.records), "all photos (not the bundle's training data)"
 
 
+def _merged_as_at_training(index: DatasetIndex, meta: Mapping[str, Any]) -> DatasetIndex:
+    """The index with photo groups merged as the bundle's training merged them (recorded in
+    ``model.json``; bundles from before the crop-robust finder merged pHash copies only)."""
+    recorded = meta.get("data", {}).get("copy_merges")
+    if recorded is None:
+        return merge_duplicates(index)
+    merges = [GroupMerge(m["group"], tuple(m["members"])) for m in recorded]
+    return replace(index, records=apply_group_merges(index.records, merges))
+
+
 def _held_out(index: DatasetIndex, meta: BundleMeta) -> list[ImageRecord]:
     """The test part of the split the bundle was trained with (same settings and seed)."""
     return _training_split(index, meta).test
@@ -110,7 +121,7 @@ def _training_split(index: DatasetIndex, meta: BundleMeta) -> Split:
     data_cfg = meta.config.get("data", {})
     train_cfg = meta.config.get("train", {})
     return split_dataset(
-        merge_duplicates(index),
+        _merged_as_at_training(index, meta),
         val_fraction=data_cfg.get("val_fraction", 0.1),
         test_fraction=data_cfg.get("test_fraction", 0.2),
         seed=train_cfg.get("seed", 0),

@@ -276,17 +276,19 @@ def audit_table(report: Mapping[str, Any]) -> Table:
     for name, photos in report["photos_per_class"].items():
         patients = report["patients_per_class"].get(name, "?")
         table.add_row(f"class {name}", str(photos), f"photos of {patients} patients")
-    near = f"near duplicates (distance ≤ {report['near_threshold']})"
     findings = [
         ("unreadable files", [f"{u['path']}: {u['reason']}" for u in report["unreadable"]]),
         ("exact duplicates", [" = ".join(group) for group in report["exact_duplicates"]]),
-        (near, _pair_lines(report["near_duplicates"])),
+        ("copies (re-encoded, cropped, ...)", _pair_lines(report["near_duplicates"])),
         ("duplicates across splits or folds", _pair_lines(report["cross_split"])),
         ("patients in more than one part", list(report["patient_leaks"])),
         ("same photo under two classes", _pair_lines(report["cross_class"])),
     ]
+    if len(report.get("sources", [])) > 1:
+        findings.append(("copies across audited sets", _pair_lines(report["cross_source"])))
     if report.get("against"):
-        findings.append((f"also in {report['against']}", _pair_lines(report["against_duplicates"])))
+        others = ", ".join(str(p) for p in report["against"])
+        findings.append((f"also in {others}", _pair_lines(report["against_duplicates"])))
     for name, cases in findings:
         table.add_row(name, str(len(cases)), _listed(cases))
     for note in report.get("notes", []):
@@ -297,7 +299,7 @@ def audit_table(report: Mapping[str, Any]) -> Table:
 def _pair_lines(pairs: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = []
     for pair in pairs:
-        how = "identical" if pair.get("exact") else f"distance {pair['distance']}"
+        how = pair["how"]
         where = f", {pair['where']}" if pair.get("where") else ""
         lines.append(f"{pair['a']} ~ {pair['b']} ({how}{where})")
     return lines

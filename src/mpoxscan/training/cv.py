@@ -44,7 +44,8 @@ from mpoxscan.training.recipes import (
     calibrate_and_score,
     fit_ood,
     fit_recipe,
-    load_index,
+    index_for_splitting,
+    merges_dict,
     num_outputs_for,
     warn_about_leaks,
 )
@@ -232,7 +233,7 @@ def run_cv(
         The summary dict that is also written to ``summary.json``.
     """
     train_cfg = with_recipe(train_cfg, model_cfg)
-    index = load_index(data_cfg)
+    index, merges = index_for_splitting(data_cfg, train_cfg.features.cache_dir)
     if index.multiclass:
         raise NotImplementedError("cross-validation currently supports binary screening only")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -283,6 +284,7 @@ def run_cv(
                 "fingerprint": fingerprint_records(index.records),
                 "n_images": len(index.records),
                 "n_patients": len({r.patient for r in index.records}),
+                "copy_merges": merges_dict(merges),
                 "per_class": {
                     name: sum(r.class_name == name for r in index.records)
                     for name in index.class_names

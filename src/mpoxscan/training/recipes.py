@@ -10,6 +10,7 @@ and threshold on the validation photos and scores the test photos (:func:`calibr
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpoxscan.data.audit import find_split_leaks, merge_duplicates
+from mpoxscan.data.audit import find_split_leaks
+from mpoxscan.data.copies import CopyConfig, GroupMerge, merge_copies
 from mpoxscan.data.datasets import DatasetIndex
 from mpoxscan.data.loading import ImageDataset
 from mpoxscan.data.preprocessing import Preprocessing
@@ -30,6 +32,7 @@ from mpoxscan.data.transforms import normalize_batch
 from mpoxscan.evaluation.calibration import calibrate_logits, calibrated_probabilities
 from mpoxscan.inference.quality import NeighbourOodDetector
 from mpoxscan.models import create_model, get_model_spec
+from mpoxscan.models.region_embedding import RegionEmbedder
 from mpoxscan.training.config import DataConfig, ModelConfig, TrainConfig, with_recipe
 from mpoxscan.training.frozen_features import (
     FeatureCache,
@@ -39,16 +42,53 @@ from mpoxscan.training.frozen_features import (
 )
 from mpoxscan.training.loop import FitResult, fit, predict_logits
 
+log = logging.getLogger(__name__)
 
-def load_index(data_cfg: DataConfig) -> DatasetIndex:
+
+def load_index(data_cfg: DataConfig, cache_dir: str | Path | None = None) -> DatasetIndex:
     """Read the data source(s); copies of one photo under two patient ids become one patient."""
+    return index_for_splitting(data_cfg, cache_dir)[0]
+
+
+def index_for_splitting(
+    data_cfg: DataConfig, cache_dir: str | Path | None = None
+) -> tuple[DatasetIndex, list[GroupMerge]]:
+    """Read the data source(s) and merge the photo groups of copies, so that no split
+    separates them.
+
+    Copies (identical, re-encoded, cropped, rotated or mirrored) are found by
+    ``mpoxscan.data.copies`` with the pretrained region embedder; the merges are logged.
+
+    Args:
+        data_cfg: the dataset.
+        cache_dir: where photo embeddings are cached by file hash (``None``: memory only).
+
+    Returns:
+        The index with merged photo groups, and the merges (recorded in the bundle and the CV
+        summary).
+    """
     index = load_sources(
         data_cfg.paths,
         positive=data_cfg.positive,
         multiclass=data_cfg.multiclass,
         patient_pattern=data_cfg.patient_pattern,
     )
-    return merge_duplicates(index)
+    log.info("finding copies among %d photos before splitting", len(index.records))
+    config = CopyConfig(cache_dir=Path(cache_dir) if cache_dir else None)
+    merged, merges = merge_copies(index, embed=RegionEmbedder(), config=config)
+    if merges:
+        log.warning(
+            "copies of one photo under different photo groups: %d group(s) merged before "
+            "splitting (%s)",
+            sum(len(m.members) - 1 for m in merges),
+            "; ".join(" + ".join(m.members) for m in merges),
+        )
+    return merged, merges
+
+
+def merges_dict(merges: list[GroupMerge]) -> list[dict[str, Any]]:
+    """The merges as JSON, for ``model.json`` and the CV summary (``data.copy_merges``)."""
+    return [{"group": m.group, "members": list(m.members)} for m in merges]
 
 
 def fit_ood(train_embeddings: np.ndarray, train_ds: ImageDataset) -> NeighbourOodDetector:

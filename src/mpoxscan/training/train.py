@@ -33,7 +33,8 @@ from mpoxscan.training.recipes import (
     calibrate_and_score,
     fit_ood,
     fit_recipe,
-    load_index,
+    index_for_splitting,
+    merges_dict,
     num_outputs_for,
     warn_about_leaks,
 )
@@ -75,7 +76,7 @@ def train_bundle(
         A :class:`TrainResult` with the bundle path and the test metrics.
     """
     train_cfg = with_recipe(train_cfg, model_cfg)
-    index = load_index(data_cfg)
+    index, merges = index_for_splitting(data_cfg, train_cfg.features.cache_dir)
     split = split_dataset(
         index,
         val_fraction=data_cfg.val_fraction,
@@ -118,6 +119,7 @@ def train_bundle(
     meta.update(temperature=scored.temperature, threshold=scored.threshold)
     meta["metrics"] = to_jsonable({"test": test_metrics, "threshold_choice": scored.choice})
     meta["data"]["leak_warnings"] = leaks
+    meta["data"]["copy_merges"] = merges_dict(merges)
     log.info("fitting the out-of-domain detector, writing the bundle")
     train_embeddings = fitted.embeddings(datasets["train"])
     ood = fit_ood(train_embeddings, datasets["train"])
