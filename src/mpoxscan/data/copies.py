@@ -233,6 +233,7 @@ def scan_copies(
     elif len(loaded.records) > 1:
         candidates = _candidates(loaded.embeddings, config.top_k, config.min_similarity)
         fresh = [(i, j, s) for i, j, s in candidates if (i, j) not in found]
+        log.info("checking %d candidate pairs with local features", len(fresh))
         pairs += _verify(loaded, fresh, config)
     pairs.sort(key=lambda p: (p.i, p.j))
     return CopyScan(
@@ -439,6 +440,7 @@ def _load(records: list[ImageRecord], embed: Embedder | None, config: CopyConfig
     phashes = np.array(hashes, dtype=np.uint64).reshape(len(kept), N_CROP_HASHES)
     embeddings = None
     if embed is not None:
+        log.info("embedding %d photos (%d cached)", len(to_embed), len(kept) - len(to_embed))
         for start in range(0, len(to_embed), 64):
             chunk = to_embed[start : start + 64]
             for (row, _), vectors in zip(chunk, embed([img for _, img in chunk]), strict=True):
