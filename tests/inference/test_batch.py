@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -297,11 +298,15 @@ def test_cli_predict_writes_the_output_and_resumes(onnx_bundle, photos, tmp_path
     runner = CliRunner()
     first = runner.invoke(app, [*args, "--batch-size", "4"])
     assert first.exit_code == 3, first.output  # done, but 2 files could not be read
-    assert f"{N_PHOTOS} predicted, 2 unreadable, 0 already done" in " ".join(first.output.split())
+    found = re.search(
+        r"(\d+) predicted, 2 unreadable, 0 already done, (\d+) to retake",
+        " ".join(first.output.split()),
+    )
+    assert found and int(found[1]) + int(found[2]) == N_PHOTOS, first.output
     assert len(read_rows(out)) == N_PHOTOS + 2
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert f"0 predicted, 0 unreadable, {N_PHOTOS + 2} already done" in " ".join(
+    assert f"0 predicted, 0 unreadable, {N_PHOTOS + 2} already done, 0 to retake" in " ".join(
         again.output.split()
     )
 
