@@ -185,7 +185,8 @@ def test_explain_writes_a_heat_map_per_assessed_photo(tiny_bundle, tmp_path, mon
     written = sorted(p.name for p in out.iterdir())
     assert written == ["arm.heatmap-2.png", "arm.heatmap.png"]
     with Image.open(out / "arm.heatmap.png") as overlay:
-        assert overlay.format == "PNG" and overlay.size == (160, 160)
+        # At the size the photo is read at (read_photo: 160 px at 1/2 for the 64-px model).
+        assert overlay.format == "PNG" and overlay.size == (80, 80)
         assert not overlay.info.get("exif")
     lines = result.output.splitlines()
     assert any("retake" in line and "tiny.png" in line for line in lines)
