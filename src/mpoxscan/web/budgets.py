@@ -23,6 +23,11 @@ from mpoxscan.web.api_errors import ApiError
 from mpoxscan.web.settings import Settings
 
 #: Seconds a refused client is asked to wait before it retries.
+#: Photos are analysed at most this many pixels a side (``ImageLimits.max_side``: shrunk right
+#: after decoding): a 50 MP photo decodes to 200 MB, ten of them would not fit a small server,
+#: and the model sees a few hundred pixels anyway.
+WORKING_MAX_SIDE = 2048
+
 RETRY_AFTER_S = 5
 
 
@@ -148,7 +153,6 @@ def worst_case_memory_bytes(settings: Settings, idle_bytes: int) -> int:
         idle_bytes: the process's resident memory once it has started and warmed up.
     """
     from mpoxscan.inference.explain import DISPLAY_MAX_SIDE
-    from mpoxscan.web.service import WORKING_MAX_SIDE
 
     working_photo = 4 * (WORKING_MAX_SIDE**2 + DISPLAY_MAX_SIDE**2)
     return (

@@ -38,11 +38,6 @@ from mpoxscan.web.uploads import Upload
 
 logger = logging.getLogger(__name__)
 
-#: Photos are analysed at most this many pixels a side (``ImageLimits.max_side``: shrunk right
-#: after decoding): a 50 MP photo decodes to 200 MB, ten of them would not fit a small server,
-#: and the model sees a few hundred pixels anyway.
-WORKING_MAX_SIDE = 2048
-
 DEFAULT_INTENDED_USE = (
     "Research and education: a screening aid that estimates how much a photo of a skin lesion "
     "resembles the mpox photos the model was trained on. It is not a diagnosis and must not "

@@ -14,6 +14,7 @@ from mpoxscan.data.images import ImageLimits
 from mpoxscan.inference.predictor import Predictor
 from mpoxscan.questionnaire import answers_json_schema, default_rules
 from mpoxscan.web.api_errors import ApiError
+from mpoxscan.web.budgets import WORKING_MAX_SIDE
 from mpoxscan.web.deps import PredictorDep, RateLimitDep, SettingsDep, UploadSlotDep
 from mpoxscan.web.observability import request_id
 from mpoxscan.web.prediction_log import audit_records
@@ -26,7 +27,7 @@ from mpoxscan.web.questionnaire_answers import (
     read_answers,
 )
 from mpoxscan.web.schemas import ErrorResponse, Health, ModelInfo, PredictResponse
-from mpoxscan.web.service import WORKING_MAX_SIDE, Analysis, analyse_uploads
+from mpoxscan.web.service import Analysis, analyse_uploads
 from mpoxscan.web.settings import Settings
 from mpoxscan.web.uploads import Upload, UploadForm, check_content_length, read_upload_form
 
