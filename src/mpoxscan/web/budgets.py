@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from mpoxscan.web.api_errors import ApiError
 from mpoxscan.web.settings import Settings
 
-#: Seconds a refused client is asked to wait before it retries.
 #: Photos are analysed at most this many pixels a side (``ImageLimits.max_side``: shrunk right
 #: after decoding): a 50 MP photo decodes to 200 MB, ten of them would not fit a small server,
 #: and the model sees a few hundred pixels anyway.
 WORKING_MAX_SIDE = 2048
 
+#: Seconds a refused client is asked to wait before it retries.
 RETRY_AFTER_S = 5
 
 
