@@ -203,15 +203,26 @@ def _shrink(img: Image.Image, max_side: int) -> Image.Image:
     """
     if max(img.size) <= max_side:
         return img
-    if img.mode in _CONVERT_TO_SHRINK:
-        exif = _exif_bytes(img)
-        target = _CONVERT_TO_SHRINK[img.mode]
-        if img.mode == "P" and "transparency" not in img.info:
-            target = "RGB"
-        img = img.convert(target)
-        if exif:
-            img.info["exif"] = exif
+    img = _resizable(img)
     img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return img
+
+
+def _resizable(img: Image.Image) -> Image.Image:
+    """The image in a mode Pillow can resample (never float), its EXIF block kept.
+
+    Palette, 1-bit and 16-bit grayscale images cannot be resampled as they are: they become
+    RGB(A), L or 32-bit integer first.
+    """
+    if img.mode not in _CONVERT_TO_SHRINK:
+        return img
+    exif = _exif_bytes(img)
+    target = _CONVERT_TO_SHRINK[img.mode]
+    if img.mode == "P" and "transparency" not in img.info:
+        target = "RGB"
+    img = img.convert(target)
+    if exif:
+        img.info["exif"] = exif
     return img
 
 
@@ -233,14 +244,7 @@ def _reduce(img: Image.Image, min_side: int) -> Image.Image:
     """
     if reduction_factor(img.size, min_side) == 1:
         return img
-    if img.mode in _CONVERT_TO_SHRINK:
-        exif = _exif_bytes(img)
-        target = _CONVERT_TO_SHRINK[img.mode]
-        if img.mode == "P" and "transparency" not in img.info:
-            target = "RGB"
-        img = img.convert(target)
-        if exif:
-            img.info["exif"] = exif
+    img = _resizable(img)
     exif = _exif_bytes(img)
     while (factor := reduction_factor(img.size, min_side)) > 1:
         img = img.reduce(factor)
