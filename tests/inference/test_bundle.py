@@ -248,7 +248,7 @@ def test_the_default_bundle_reads_as_a_typed_record_and_its_json_stays_as_it_was
     meta = read_bundle_meta(default_bundle)
     assert isinstance(meta, BundleMeta)
     assert meta.architecture.name == "efficientnet-lite0" and meta.binary
-    assert meta.classes == ("Others", "Monkey Pox") and meta.positive_class == "Monkey Pox"
+    assert meta.classes == ("Other", "Monkey Pox") and meta.positive_class == "Monkey Pox"
     assert meta.preprocessing.image_size == 224 and meta.preprocessing.mean == (127.0,) * 3
     assert 0 < meta.threshold < 1 and meta.temperature > 0
     assert meta.ood is not None and "ood.safetensors" in meta.files

@@ -439,7 +439,7 @@ def _load(records: list[ImageRecord], embed: Embedder | None, config: CopyConfig
             to_embed.append((len(kept) - 1, img))
     phashes = np.array(hashes, dtype=np.uint64).reshape(len(kept), N_CROP_HASHES)
     embeddings = None
-    if embed is not None:
+    if embed is not None and kept:
         log.info("embedding %d photos (%d cached)", len(to_embed), len(kept) - len(to_embed))
         for start in range(0, len(to_embed), 64):
             chunk = to_embed[start : start + 64]
