@@ -139,7 +139,8 @@ def bundle_predicts(bundle: Path, photo: Path) -> float | None:
     from mpoxscan.inference.predictor import Predictor
 
     try:
-        return float(Predictor.load(bundle).predict(photo).probability)
+        # the network's output, without the photo checks (a generated photo may be 'retake')
+        return float(Predictor.load(bundle).predict_proba([photo])[0, -1])
     except (MpoxscanError, OSError):
         return None
 
