@@ -125,28 +125,41 @@ def test_without_an_embedder_only_identical_and_re_encoded_copies_are_found(tmp_
     assert scan.notes and "no embedder" in scan.notes[0]
 
 
-def test_merge_copy_groups_joins_groups_within_a_class_only(tmp_path):
-    def record(name: str, class_name: str, group: str) -> ImageRecord:
-        return ImageRecord(tmp_path / name, class_name, 0, f"{class_name}/{group}", None)
+def test_merge_copy_groups_joins_groups_across_classes_and_warns_on_label_conflicts(
+    tmp_path, caplog
+):
+    def record(name: str, class_name: str, group: str, label: int) -> ImageRecord:
+        return ImageRecord(tmp_path / name, class_name, label, f"{class_name}/{group}", None)
 
     records = [
-        record("a.jpg", "Mpox", "P1"),
-        record("b.jpg", "Mpox", "P7"),
-        record("c.jpg", "Mpox", "P3"),
-        record("d.jpg", "Mpox", "P3"),
-        record("e.jpg", "Others", "N1"),
+        record("a.jpg", "Mpox", "P1", 1),
+        record("b.jpg", "Mpox", "P7", 1),
+        record("c.jpg", "Mpox", "P3", 1),
+        record("d.jpg", "Mpox", "P3", 1),
+        record("e.jpg", "Others", "N1", 0),
+        record("f.jpg", "Acne", "A4", 0),
+        record("g.jpg", "Eczema", "E2", 0),
+        record("h.jpg", "Eczema", "E9", 0),
     ]
     pairs = [
         CopyPair(tmp_path / "b.jpg", tmp_path / "c.jpg", "geometric", 0.9, 40),
         CopyPair(tmp_path / "a.jpg", tmp_path / "b.jpg", "phash", 0.95, distance=3),
         CopyPair(tmp_path / "a.jpg", tmp_path / "e.jpg", "exact", 1.0),  # label conflict
+        CopyPair(tmp_path / "f.jpg", tmp_path / "g.jpg", "geometric", 0.8, 30),  # two classes
     ]
-    merged, merges = merge_copy_groups(records, pairs)
-    assert [r.patient for r in merged] == ["Mpox/P1", "Mpox/P1", "Mpox/P1", "Mpox/P1", "Others/N1"]
+    with caplog.at_level("WARNING", logger="mpoxscan.data.copies"):
+        merged, merges = merge_copy_groups(records, pairs)
+    assert [r.patient for r in merged] == [
+        *("Mpox/P1", "Mpox/P1", "Mpox/P1", "Mpox/P1", "Mpox/P1"),
+        *("Acne/A4", "Acne/A4", "Eczema/E9"),
+    ]
     assert [(m.group, m.members) for m in merges] == [
-        ("Mpox/P1", ("Mpox/P1", "Mpox/P3", "Mpox/P7"))
+        ("Acne/A4", ("Acne/A4", "Eczema/E2")),
+        ("Mpox/P1", ("Mpox/P1", "Mpox/P3", "Mpox/P7", "Others/N1")),
     ]
     assert apply_group_merges(records, merges) == merged
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "a.jpg (Mpox) = e.jpg (Others)" in warnings[0]
 
 
 def test_audit_command_finds_cropped_copies_across_sets_and_draws_them(tmp_path):

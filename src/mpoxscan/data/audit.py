@@ -321,7 +321,7 @@ def find_split_leaks(split: Split | Fold, near_threshold: int = 6) -> list[str]:
 def merge_duplicate_patients(
     records: Sequence[ImageRecord], near_threshold: int = 6
 ) -> list[ImageRecord]:
-    """Give photos that are identical or pHash-near copies, within a class, one patient id.
+    """Give photos that are identical or pHash-near copies one patient id (across classes too).
 
     The crop-robust version is ``mpoxscan.data.copies.merge_copies`` (needs an embedder).
 

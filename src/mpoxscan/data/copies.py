@@ -248,11 +248,13 @@ def scan_copies(
 def merge_copy_groups(
     records: Sequence[ImageRecord], pairs: Sequence[CopyPair]
 ) -> tuple[list[ImageRecord], list[GroupMerge]]:
-    """Give photos that are copies of each other, within a class, one photo group.
+    """Give photos that are copies of each other one photo group, across classes and sources.
 
-    Splitting by the merged groups keeps every copy of a photo on one side of a split. Each
-    merged group takes its smallest id. Copies under two classes are left apart (they are label
-    conflicts; the audit reports them) and logged.
+    Splitting by the merged groups keeps every copy of a photo on one side of a split, even
+    when the copies are filed under two classes (for example acne in one source and dermatitis
+    in another). Each merged group takes its smallest id. Copies with two different screening
+    labels (mpox and not mpox) are label conflicts: they are merged too, and logged as a
+    warning, because the audit should be read before such a set is trained on.
 
     Args:
         records: the photos.
@@ -269,20 +271,23 @@ def merge_copy_groups(
             group = parent[group]
         return group
 
-    conflicts = 0
+    conflicts = []
     for pair in pairs:
         a, b = by_path.get(pair.a), by_path.get(pair.b)
         if a is None or b is None:
             continue
-        if a.class_name != b.class_name:
-            conflicts += 1
-            continue
+        if a.label != b.label:
+            conflicts.append(f"{a.path.name} ({a.class_name}) = {b.path.name} ({b.class_name})")
         root_a, root_b = find(a.patient), find(b.patient)
         if root_a != root_b:
             low, high = sorted((root_a, root_b))
             parent[high] = low
     if conflicts:
-        log.warning("%d copy pair(s) under two classes not merged (label conflicts)", conflicts)
+        log.warning(
+            "%d copy pair(s) with two labels, merged into one group: %s",
+            len(conflicts),
+            "; ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else ""),
+        )
     members: dict[str, set[str]] = defaultdict(set)
     for group in parent:
         members[find(group)].update((group, find(group)))
