@@ -165,8 +165,10 @@ def msld_folds(cache: Cache, seed: int, n_folds: int = 5):
     return [msld[test] for _, test in kfold.split(msld, y, groups)]
 
 
-def run_fold(cache, variant, features, train, val, tests, args):
-    """Fit one fold; returns per-test-set ``(p_mpox, p_healthy)`` and the two thresholds."""
+def run_fold(cache, variant, features, train, val, tests, args, *, no_lesion=True):
+    """Fit one fold; returns per-test-set ``(p_mpox, p_healthy)``, the screening thresholds,
+    the no-lesion threshold and the chosen L2 (``no_lesion=False``: no no-lesion head, its
+    probabilities and threshold ``None``)."""
     y_all = targets(cache, variant)
     n_classes = int(y_all.max()) + 1
     # Every photo weighs the same whatever its number of views (MSLD has more).
@@ -194,7 +196,7 @@ def run_fold(cache, variant, features, train, val, tests, args):
     p_val = softmax_np(layer, x_val)
     is_mpox = np.array([cache.photos[i].mpox for i in val])
     thresholds = {t: threshold_for(p_val[is_mpox, 0], t) for t in args.target}
-    healthy_head = fit_no_lesion(cache, features, train, val, args, std)
+    healthy_head = fit_no_lesion(cache, features, train, val, args, std) if no_lesion else None
     scored = {}
     for name, rows in tests.items():
         x = features[rows] if rows.ndim == 1 else rows
