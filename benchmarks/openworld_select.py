@@ -17,17 +17,17 @@ ROC AUC). A candidate's figures: the mean over sources of the share called mpox 
 source weighs the same), and the mean validation AUC. Winner: among the candidates whose
 AUC is at most ``--auc-margin`` below the best one, the lowest mean share (ties: higher AUC).
 
-Outer (``--outer``): five outer folds; fold ``k`` tests MSLD patient-grouped fold ``k``
-(``StratifiedGroupKFold``, seed ``--seed``) and, for ``k < 4``, the ``k``-th negative source
-(fold 4 holds out no source). The criterion runs on the rest only, the winner is trained on
-the rest (its own validation split) and scored on the test part, so the outer figures
-estimate the whole pipeline "select on validation, then train". Every candidate is also
-scored on the same outer folds, for comparison only (those figures choose nothing).
+Outer (``--outer paired`` or ``full``, see :func:`outer_folds`): each outer fold tests one
+MSLD patient-grouped fold (``StratifiedGroupKFold``, seed ``--seed``) and at most one negative
+source. The criterion runs on the rest only, the winner is trained on the rest (its own
+validation split) and scored on the test part, so the outer figures estimate the whole
+pipeline "select on validation, then train". Every candidate is also scored on the same
+outer folds, for comparison only (those figures choose nothing).
 
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/openworld_select.py --cache CACHE \
         --out select.json --recipe-out benchmarks/recipes/open-world-selected.json
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/openworld_select.py --cache CACHE \
-        --outer --out select-outer.json
+        --outer full --out select-outer.json
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ def outer(cache: Cache, args) -> dict:
         name: {"msld": [], "held": []} for name in (*CANDIDATES, "selected")
     }
     chosen = []
-    for k, msld_test in enumerate(folds):
-        source = NEGATIVE_SOURCES[k] if k < len(NEGATIVE_SOURCES) else None
+    for k, source in outer_folds(args.outer):
+        msld_test = folds[k]
         held = rows_of(cache, source) if source else np.zeros(0, int)
         test = np.concatenate([msld_test, held])
         print(f"outer fold {k} (held out: MSLD fold {k}, {source})", flush=True)
@@ -182,17 +182,30 @@ def outer(cache: Cache, args) -> dict:
                 cache, variant, cache.emb, train, val, tests, args.fit, no_lesion=False
             )
             entry = (out, thresholds[args.target], l2)
-            scored[name]["msld"].append((msld_test, *entry))
-            if source:
-                scored[name]["held"].append((source, held, *entry))
-            if name == winner:
-                scored["selected"]["msld"].append((msld_test, *entry))
+            for key in {name, "selected" if name == winner else name}:
+                if source is None or args.outer == "paired":
+                    scored[key]["msld"].append((msld_test, *entry))
                 if source:
-                    scored["selected"]["held"].append((source, held, *entry))
+                    scored[key]["held"].append((source, held, *entry))
     return {
         "chosen": chosen,
         "figures": {name: figures(photos, parts) for name, parts in scored.items()},
     }
+
+
+def outer_folds(design: str) -> list[tuple[int, str | None]]:
+    """``(MSLD fold, held-out source or None)`` of every outer fold.
+
+    ``paired``: fold ``k`` holds out MSLD fold ``k`` and the ``k``-th negative source (fold 4
+    none). ``full``: every MSLD fold with no source held out (the MSLD figures), and every
+    negative source with every MSLD fold (the source figures, pooled over five models).
+    """
+    n_folds = len(NEGATIVE_SOURCES) + 1
+    if design == "paired":
+        return [(k, NEGATIVE_SOURCES[k] if k < n_folds - 1 else None) for k in range(n_folds)]
+    return [(k, None) for k in range(n_folds)] + [
+        (k, s) for s in NEGATIVE_SOURCES for k in range(n_folds)
+    ]
 
 
 def figures(photos, parts: dict) -> dict:
@@ -210,12 +223,19 @@ def figures(photos, parts: dict) -> dict:
         "l2": [q[3] for q in parts["msld"]],
         "held": {},
     }
-    for source, held, scored_, threshold, _ in parts["held"]:
-        calls = scored_["held"][0] >= threshold
-        out["held"][source] = [int(calls.sum()), len(held)]
+    # A source held out in several outer folds: the mean share over those folds' models,
+    # counted on its photos (as in openworld_heads.py).
+    for source in dict.fromkeys(q[0] for q in parts["held"]):
+        entries = [q for q in parts["held"] if q[0] == source]
+        held = entries[0][1]
+        calls = np.mean([q[2]["held"][0] >= q[3] for q in entries], axis=0)
+        out["held"][source] = [round(float(calls.sum())), len(held)]
         if source == "skin-id-smartphone":
             healthy = np.array([photos[i].class_name == "Healthy" for i in held])
-            out["held"]["skin-id Healthy"] = [int(calls[healthy].sum()), int(healthy.sum())]
+            out["held"]["skin-id Healthy"] = [
+                round(float(calls[healthy].sum())),
+                int(healthy.sum()),
+            ]
     return out
 
 
@@ -244,7 +264,9 @@ def main() -> None:
     parser.add_argument("--l2", type=float, nargs="*", default=list(L2_GRID))
     parser.add_argument("--repeats", type=int, default=5, help="validation splits per source")
     parser.add_argument("--auc-margin", type=float, default=0.02)
-    parser.add_argument("--outer", action="store_true", help="the nested estimate")
+    parser.add_argument(
+        "--outer", choices=("paired", "full"), help="the nested estimate (see outer_folds)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--recipe-out", type=Path, help="write the winner's train config")
     args = parser.parse_args()
