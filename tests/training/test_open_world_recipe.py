@@ -35,6 +35,7 @@ from testdata import make_healthy_skin_photo, make_unsplit_dataset
 
 SIZE = 64  # photos of 64-127 px are read as they are, so the photo checks pass them
 RECIPE = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes" / "open-world.json"
+SELECTED = RECIPE.with_name("open-world-selected.json")  # benchmarks/openworld_select.py
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -134,3 +135,9 @@ def test_a_bundle_trained_with_healthy_skin_gets_a_no_lesion_head(tmp_path):
     assert predictor.no_lesion_ is not None
     prediction = predictor.predict(make_healthy_skin_photo(seed=999, size=80))
     assert prediction.no_lesion_probability is not None
+
+
+def test_the_recipe_chosen_on_validation_data_is_a_train_config():
+    cfg = TrainConfig.from_dict(json.loads(SELECTED.read_text()))
+    assert (cfg.features.train_views, cfg.features.balance) == (3, "source")
+    assert cfg.features.style is None and cfg.features.head == "logreg"
