@@ -6,10 +6,10 @@ Run: ``.venv/bin/python benchmarks/batch_predict.py [--images 600] [--repeats 3]
 
 - ``cli`` (always): the command as a user runs it, in a fresh process each time; reports
   the rate the command prints (the run itself) and files / wall time (with start-up).
-- ``--sweep``: the library in this process over batch size x decode threads x ONNX Runtime
+- ``--sweep``: the library in this process over batch size x worker threads x ONNX Runtime
   threads, to choose the defaults.
 - ``--ort-options``: ONNX Runtime session options (thread spinning, graph optimisation).
-- ``--big``: phone-sized JPEGs with one or two decode threads.
+- ``--big``: phone-sized JPEGs with one or two worker threads.
 - ``--ray``: ``--engine ray`` against the single process, and Ray actor layouts.
 """
 
@@ -103,12 +103,12 @@ RATE_HEADER = "img/s best | img/s median | CPU ms/img (best) | 2-core bound img/
 
 
 def sweep_part(model: str, folder: Path, repeats: int) -> None:
-    print(f"\n| batch | decode threads | ORT threads | {RATE_HEADER} |")
+    print(f"\n| batch | workers | ORT threads | {RATE_HEADER} |")
     print("|---|---|---|---|---|---|---|")
     for threads in (2, 1):
         predictor = Predictor.load(bundle_dir(model), backend="onnx", threads=threads)
         for batch, workers in itertools.product((8, 16, 32, 64), (1, 2)):
-            engine = LocalEngine(predictor, BatchConfig(batch_size=batch, decode_workers=workers))
+            engine = LocalEngine(predictor, BatchConfig(batch_size=batch, workers=workers))
             cells = rate_cells(*library_rate(engine, folder, repeats))
             print(f"| {batch} | {workers} | {threads} | {cells} |")
 
@@ -148,11 +148,11 @@ def big_photos_part(model: str, repeats: int) -> None:
     folder = WORK_DIR / "big-jpegs"
     count = len(write_big_jpegs(folder))
     print(f"\n{count} phone-sized JPEGs (1600x1200 to 4000x3000) in {folder}")
-    print(f"| decode threads | {RATE_HEADER} |")
+    print(f"| workers | {RATE_HEADER} |")
     print("|---|---|---|---|---|")
     predictor = Predictor.load(bundle_dir(model), backend="onnx")
     for workers in (1, 2):
-        engine = LocalEngine(predictor, BatchConfig(decode_workers=workers))
+        engine = LocalEngine(predictor, BatchConfig(workers=workers))
         print(f"| {workers} | {rate_cells(*library_rate(engine, folder, repeats))} |")
 
 
@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--ort-options", action="store_true")
     parser.add_argument("--ray", action="store_true")
-    parser.add_argument("--big", action="store_true", help="phone-sized photos, decode threads")
+    parser.add_argument("--big", action="store_true", help="phone-sized photos, worker threads")
     parser.add_argument("--skip-cli", action="store_true")
     args = parser.parse_args()
     folder = write_jpeg_folder(WORK_DIR / f"photos-224-{args.images}", args.images)

@@ -134,7 +134,7 @@ def count_predicted(predictor: Predictor, monkeypatch) -> list[int]:
 
 
 def run(predictor: Predictor, paths, out: Path, **kwargs):
-    engine = LocalEngine(predictor, BatchConfig(batch_size=BATCH, decode_workers=2))
+    engine = LocalEngine(predictor, BatchConfig(batch_size=BATCH, workers=2))
     return predict_to_file(engine, paths, out, **kwargs)
 
 

@@ -1,10 +1,11 @@
-"""Batch prediction of image files: streamed, decoded in parallel with the model, resumable.
+"""Batch prediction of image files: streamed, in parallel worker threads, resumable.
 
-Folders are walked lazily; a few batches of photos are decoded and resized in a thread pool
-(Pillow releases the GIL while decoding) while the model runs the previous batch, so memory
-stays constant however many files there are. Results go to CSV or JSON Lines, one row per file,
-flushed batch by batch; a rerun with the same output file skips the files already in it. A file
-that cannot be read gets an error row and the run goes on.
+Folders are walked lazily; each worker thread reads, checks and resizes a batch of photos and
+runs the model on it (Pillow and ONNX Runtime release the GIL), a few batches at a time, so
+memory stays constant however many files there are and every core works on its own batch.
+Results go to CSV or JSON Lines, one row per file, flushed batch by batch; a rerun with the
+same output file skips the files already in it. A file that cannot be read gets an error row
+and the run goes on.
 
 The rows (see :func:`row_columns`) are produced by an *engine*: :class:`LocalEngine` (this
 process) or :class:`~mpoxscan.inference.ray_engine.RayEngine` (Ray Data), which compute the
@@ -30,6 +31,7 @@ import numpy as np
 from mpoxscan.data.images import IMAGE_SUFFIXES
 from mpoxscan.data.photos import photo_pixels, read_photo
 from mpoxscan.errors import InvalidImageError
+from mpoxscan.inference.onnx_runtime import default_threads
 from mpoxscan.inference.predictor import Predictor
 from mpoxscan.inference.quality import QualityIssue, QualitySettings, check_photo
 
@@ -41,12 +43,13 @@ Engine = Literal["local", "ray"]
 #: per photo at 224x224 (larger batches' activations outgrow the caches; benchmarks/speed.md).
 BATCH_SIZE = 8
 
-#: Decode threads. A 224x224 JPEG decodes in under 1 ms of CPU against about 10 ms in the
-#: model, so the second thread mostly sleeps; a 12-megapixel phone JPEG takes about 80 ms,
-#: and one thread would then cap a run at about 12 photos/s on any number of cores.
-DECODE_WORKERS = 2
+#: Worker threads of the local engine when ``BatchConfig.workers`` is ``None``: the usable
+#: cores (at most 4). Each reads and checks a whole batch and runs the model on it with one
+#: ONNX Runtime thread. On 2 cores this costs less CPU per photo than one 2-thread session fed
+#: by decode threads (benchmarks/speed.md, section (e)).
+default_workers = default_threads
 
-#: Batches decoded ahead of the one the model is running (the bound on memory).
+#: Batches read ahead of the ones the workers are running (the bound on memory).
 PREFETCH_BATCHES = 2
 
 #: Output suffixes and their formats.
@@ -65,26 +68,27 @@ _TRAILING_COLUMNS = ("reason", "error", "code")
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """How the local engine batches and decodes.
+    """How the local engine batches and spreads the work.
 
     Attributes:
         batch_size: photos per forward pass.
-        decode_workers: threads decoding and resizing photos while the model runs.
-        prefetch_batches: batches decoded ahead of the model (bounds memory).
-        threads: ONNX Runtime intra-op threads; ``None``: the usable cores, at most 4.
+        workers: threads that each read, check and predict whole batches; ``None``: the usable
+            cores (:func:`default_workers`).
+        prefetch_batches: batches read ahead of the ones being predicted (bounds memory).
+        threads: ONNX Runtime intra-op threads of the session the workers share; ``None``:
+            one (the workers run the model in parallel, one core each).
     """
 
     batch_size: int = BATCH_SIZE
-    decode_workers: int = DECODE_WORKERS
+    workers: int | None = None
     prefetch_batches: int = PREFETCH_BATCHES
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "decode_workers", "prefetch_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"BatchConfig.{name} must be at least 1, got {getattr(self, name)}"
-                )
+        for name in ("batch_size", "workers", "prefetch_batches", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"BatchConfig.{name} must be at least 1, got {value}")
 
 
 class PredictionEngine(Protocol):
@@ -250,7 +254,11 @@ def prepare_batch(
     return PreparedBatch(list(files), pixels[:n_ok], failures, issues)
 
 
-def prediction_rows(predictor: Predictor, batch: PreparedBatch) -> list[Row]:
+def prediction_rows(
+    predictor: Predictor,
+    batch: PreparedBatch,
+    outputs: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[Row]:
     """Run the model on a prepared batch and give one result row per file, in order.
 
     Photos that passed the pixel checks go through the model and the out-of-domain check
@@ -260,13 +268,16 @@ def prediction_rows(predictor: Predictor, batch: PreparedBatch) -> list[Row]:
     Args:
         predictor: a loaded predictor.
         batch: from :func:`prepare_batch`.
+        outputs: the model's ``(probabilities, embeddings)`` of ``batch.pixels`` when already
+            run (:func:`model_outputs`); run here when ``None``.
 
     Returns:
         Rows with the keys of :func:`row_columns` (``probabilities`` a dict by class).
     """
     assessments = iter(())
     if len(batch.pixels):
-        assessments = iter(predictor.judge(*predictor.predict_pixels(batch.pixels)))
+        outputs = outputs if outputs is not None else model_outputs(predictor, batch)
+        assessments = iter(predictor.judge(*outputs))
     rows = []
     for path, failure, issues in zip(batch.files, batch.failures, batch.issues, strict=True):
         if failure is not None:
@@ -291,6 +302,13 @@ def prediction_rows(predictor: Predictor, batch: PreparedBatch) -> list[Row]:
                 )
             )
     return rows
+
+
+def model_outputs(predictor: Predictor, batch: PreparedBatch) -> tuple[np.ndarray, np.ndarray]:
+    """The model's ``(probabilities, embeddings)`` of a prepared batch's photos."""
+    if not len(batch.pixels):
+        return np.empty((0, len(predictor.classes_)), np.float32), np.empty((0, 0), np.float32)
+    return predictor.predict_pixels(batch.pixels)
 
 
 def _row(
@@ -319,11 +337,15 @@ def _row(
 
 
 class LocalEngine:
-    """Predict in this process: decode threads feed batches to the model.
+    """Predict in this process: worker threads read, check and predict whole batches.
+
+    The workers share the predictor's ONNX Runtime session, so load it with one intra-op
+    thread (:func:`~mpoxscan.inference.engines.open_engine` does); the out-of-domain check
+    and the rows are made in the calling thread, batch by batch, in input order.
 
     Args:
         predictor: a loaded predictor (ONNX Runtime is much faster than PyTorch on a CPU).
-        config: batching and decoding settings.
+        config: batching settings.
     """
 
     def __init__(self, predictor: Predictor, config: BatchConfig | None = None):
@@ -343,23 +365,33 @@ class LocalEngine:
 
     def __call__(self, files: Iterable[Path]) -> Iterator[list[Row]]:
         """Yield the rows of each batch of ``files``, in order."""
-        for batch in self._prepared(files):
-            yield prediction_rows(self.predictor, batch)
+        for batch, outputs in self._predicted(files):
+            yield prediction_rows(self.predictor, batch, outputs)
 
-    def _prepared(self, files: Iterable[Path]) -> Iterator[PreparedBatch]:
-        config, size = self.config, self.predictor.image_size_
-        pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="mpoxscan-decode")
-        pending: deque[Future[PreparedBatch]] = deque()
+    def _predicted(
+        self, files: Iterable[Path]
+    ) -> Iterator[tuple[PreparedBatch, tuple[np.ndarray, np.ndarray]]]:
+        config = self.config
+        workers = config.workers or default_workers()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="mpoxscan-predict")
+        pending: deque[Future[tuple[PreparedBatch, tuple[np.ndarray, np.ndarray]]]] = deque()
         try:
             for chunk in chunked(files, config.batch_size):
-                pending.append(pool.submit(prepare_batch, chunk, size, self.predictor.quality))
-                if len(pending) > config.prefetch_batches:
+                pending.append(pool.submit(self._read_and_run, chunk))
+                if len(pending) > workers + config.prefetch_batches:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
         finally:
             # Also on an early stop (an interrupt, a consumer that breaks off): no stray work.
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _read_and_run(
+        self, files: list[Path]
+    ) -> tuple[PreparedBatch, tuple[np.ndarray, np.ndarray]]:
+        predictor = self.predictor
+        batch = prepare_batch(files, predictor.image_size_, predictor.quality)
+        return batch, model_outputs(predictor, batch)
 
 
 def predict_paths(

@@ -39,7 +39,10 @@ def open_engine(
     """
     config = config or BatchConfig()
     if engine == "local":
-        predictor = Predictor.load(model_dir, threads=config.threads, batch_size=config.batch_size)
+        # The engine's workers run the model in parallel: one ONNX Runtime thread each.
+        predictor = Predictor.load(
+            model_dir, threads=config.threads or 1, batch_size=config.batch_size
+        )
         return LocalEngine(predictor, config)
     if engine == "ray":
         try:
