@@ -7,6 +7,7 @@ import pytest
 import skimage.data
 from inference_support import build_bundle, lesion_photos
 from PIL import Image, ImageFilter
+from scipy import ndimage
 from sklearn.covariance import LedoitWolf
 from sklearn.model_selection import GroupShuffleSplit
 
@@ -19,6 +20,7 @@ from mpoxscan.inference.quality import (
     QualitySettings,
     _ShrunkGaussian,
     check_photo,
+    laplacian,
     photo_measurements,
 )
 
@@ -71,6 +73,19 @@ def test_sharpness_is_measured_at_model_scale():
     soft = big.filter(ImageFilter.GaussianBlur(2))
     assert codes(soft) == []
     assert codes(soft.resize((96, 96)).filter(ImageFilter.GaussianBlur(3))) == ["too_blurry"]
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (3, 8), (7, 4), (224, 299)])
+def test_measurements_equal_the_float64_definitions(shape):
+    """The integer Laplacian and the histogram sums give the float64 definitions' numbers."""
+    gray = np.random.default_rng(shape[1]).integers(0, 256, shape, dtype=np.uint8)
+    gray[0, :2] = (0, 255)  # both ends of the range, next to each other
+    values = gray.astype(np.float64)
+    np.testing.assert_array_equal(laplacian(gray), ndimage.laplace(values))
+    found = photo_measurements(Image.fromarray(gray))
+    assert found["sharpness"] == ndimage.laplace(values).var()
+    assert found["brightness"] == values.mean()
+    assert found["clipped_fraction"] == (values >= 250).mean()
 
 
 def test_shrunk_gaussian_matches_sklearn_ledoit_wolf():

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
 from mpoxscan.errors import NotFittedError
@@ -86,13 +85,16 @@ def photo_measurements(image: Image.Image) -> dict[str, float]:
     """
     gray = image.convert("L")
     width, height = gray.size
-    luminance = np.asarray(gray, dtype=np.float64)
+    # From the luminance histogram: the exact integer sums of the pixel values, so the same
+    # numbers as the mean of a float64 copy of the photo, without making one.
+    counts = np.asarray(gray.histogram(), dtype=np.int64)
+    pixels = int(counts.sum())
     return {
         "width": float(width),
         "height": float(height),
         "sharpness": _sharpness(gray),
-        "brightness": float(luminance.mean()) if luminance.size else 0.0,
-        "clipped_fraction": float((luminance >= CLIPPED_LEVEL).mean()) if luminance.size else 0.0,
+        "brightness": int(counts @ np.arange(256)) / pixels if pixels else 0.0,
+        "clipped_fraction": int(counts[CLIPPED_LEVEL:].sum()) / pixels if pixels else 0.0,
     }
 
 
@@ -103,10 +105,22 @@ def _sharpness(gray: Image.Image) -> float:
         scale = SHARPNESS_REFERENCE_SIDE / shorter
         size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
         gray = gray.resize(size, Image.Resampling.BILINEAR)
-    pixels = np.asarray(gray, dtype=np.float64)
+    pixels = np.asarray(gray)
     if min(pixels.shape) < 3:
         return 0.0
-    return float(ndimage.laplace(pixels).var())
+    return float(laplacian(pixels).var())
+
+
+def laplacian(pixels: np.ndarray) -> np.ndarray:
+    """The 4-neighbour Laplacian of an 8-bit grayscale image, edges mirrored, as float64.
+
+    The values of ``scipy.ndimage.laplace`` on the image as float64 (mode ``reflect``): every
+    value is a small integer, computed here exactly in 16-bit integers, several times faster.
+    """
+    padded = np.pad(pixels.astype(np.int16), 1, mode="symmetric")
+    centre = padded[1:-1, 1:-1]
+    total = padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
+    return (total - 4 * centre).astype(np.float64)
 
 
 def check_photo(image: Image.Image, settings: QualitySettings | None = None) -> list[QualityIssue]:
