@@ -18,7 +18,8 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.exceptions import NotFittedError
+
+from mpoxscan.errors import NotFittedError
 
 NO_LESION_FILE = "no_lesion.safetensors"
 #: Class folders whose photos show skin without a lesion ("Healthy", "Normal skin", ...).
