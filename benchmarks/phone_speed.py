@@ -8,11 +8,15 @@ shared machine makes timings noisy)::
 
 Photos: the MSLD photos as they are (224x224 JPEGs, 600 files by hard links) and blown up to
 1600x1200, 3000x2250 and 4000x3000 JPEGs (quality 90, light sensor-like noise) and 4000x3000
-HEIC, written once under ``benchmarks/work/phone``. For each bundle it measures:
+HEIC, ``--per-size`` of each written once under ``$MPOXSCAN_BENCH_DIR/phone`` (default
+``benchmarks/work/phone``), and hard-linked ``--files`` times in all into the folder that is
+timed (so a run lasts long enough to time; the page cache serves every read either way). For
+each bundle it measures:
 
 - ``mpoxscan predict --model-dir B DIR --out X.csv`` as a subprocess: the rate the command
   prints (photo checks included), its wall time and peak RSS, the rows by status;
-- the bare model in the same process: ``Predictor.predict_pixels`` on prepared batches of 8;
+- the bare model in the same process: ``Predictor.predict_pixels`` on prepared batches of 8,
+  as ``predict`` runs it (2 threads sharing a 1-thread session) and as one 2-thread session;
 - one 4000x3000 JPEG through ``POST /api/v1/predict`` of ``mpoxscan serve``, one client:
   p50/p99 latency (``load_test.latency_levels``);
 - with ``--many N``: a folder of N phone photos (hard links to the 4000x3000 JPEGs), peak RSS;
@@ -31,6 +35,7 @@ import re
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -69,7 +74,7 @@ def blow_up(source: Path, size: tuple[int, int], target: Path, seed: int) -> Pat
 
 
 def make_folders(
-    data: Path, per_size: int, small: int, only: list[str] | None = None
+    data: Path, per_size: int, small: int, only: list[str] | None = None, files: int = 0
 ) -> dict[str, Path]:
     """The benchmark's photo folders, by name."""
     records = scan_dataset(data).records
@@ -91,8 +96,20 @@ def make_folders(
         for i in range(per_size):
             record = records[(i * 7) % len(records)]
             blow_up(record.path, size, folder / f"{i:04d}{suffix}", i)
-        folders[name] = folder
+        folders[name] = linked(folder, files, suffix) if files > per_size else folder
     return folders
+
+
+def linked(folder: Path, count: int, suffix: str) -> Path:
+    """A folder of ``count`` hard links to the photos of ``folder``, in turn."""
+    target = folder.with_name(f"{folder.name}-x{count}")
+    target.mkdir(exist_ok=True)
+    sources = sorted(folder.glob(f"*{suffix}"))
+    for i in range(count):
+        link = target / f"{i:05d}{suffix}"
+        if not link.exists():
+            os.link(sources[i % len(sources)], link)
+    return target
 
 
 def cli_run(bundle: Path, folder: Path, out: Path) -> dict[str, object]:
@@ -136,17 +153,39 @@ def cli_run(bundle: Path, folder: Path, out: Path) -> dict[str, object]:
     }
 
 
-def bare_model(bundle: Path, seconds: float = 3.0) -> tuple[float, str]:
-    """Photos/s of the graph alone (``predict_pixels``, batches of 8, 2 threads)."""
-    predictor = Predictor.load(bundle, backend="onnx", threads=2)
+def bare_model(bundle: Path, seconds: float = 4.0) -> dict[str, tuple[float, float, str]]:
+    """Photos/s, CPU ms/photo and load of the graph alone (``predict_pixels``, batches of 8):
+    as ``predict`` runs it (2 threads, one 1-thread session) and as one 2-thread session."""
+    found = {}
+    for name, threads, callers in (("2 x 1 thread", 1, 2), ("1 x 2 threads", 2, 1)):
+        predictor = Predictor.load(bundle, backend="onnx", threads=threads)
+        before = load()
+        rate, cpu_ms = model_rate(predictor, callers, seconds)
+        found[name] = (rate, cpu_ms, f"{before} -> {load()}")
+    return found
+
+
+def model_rate(predictor: Predictor, callers: int, seconds: float) -> tuple[float, float]:
+    """Photos/s and CPU ms/photo of ``callers`` threads running batches of 8 for ``seconds``."""
     size = predictor.image_size_
     pixels = np.random.default_rng(0).uniform(0, 255, (8, 3, size, size)).astype(np.float32)
     predictor.predict_pixels(pixels)
-    before, done, start = load(), 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        predictor.predict_pixels(pixels)
-        done += 8
-    return done / (time.perf_counter() - start), f"{before} -> {load()}"
+    done = [0] * callers
+    stop = time.perf_counter() + seconds
+
+    def work(i: int) -> None:
+        while time.perf_counter() < stop:
+            predictor.predict_pixels(pixels)
+            done[i] += len(pixels)
+
+    cpu, start = time.process_time(), time.perf_counter()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return sum(done) / wall, 1000 * cpu / sum(done)
 
 
 def api_latency(bundle: Path, photo: Path, requests: int) -> tuple[float, float, str]:
@@ -185,44 +224,79 @@ def profile(bundle: Path, folder: Path) -> str:
     return buffer.getvalue()
 
 
+def table(bundles: dict[str, Path], folders: dict[str, Path], only: list[str] | None) -> None:
+    """``mpoxscan predict`` on every folder with every bundle, as a Markdown table.
+
+    *run CPU ms/photo* leaves out the command's start-up: the CPU of the same command on one
+    photo (imports, loading the bundle) is subtracted before dividing by the photos.
+    """
+    one = WORK_DIR / "phone" / "one"
+    one.mkdir(parents=True, exist_ok=True)
+    if not (one / "0.jpg").exists():
+        os.link(sorted(folders["224x224 JPEG"].iterdir())[0], one / "0.jpg")
+    print(
+        "| graph | photos | files | predict img/s (printed) | whole command img/s "
+        "| run CPU ms/photo | 2-core bound img/s | peak RSS MiB | statuses | load before -> after |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for graph, bundle in bundles.items():
+        start_up = cli_run(bundle, one, WORK_DIR / "phone-results.csv")
+        print(
+            f"| {graph} | start-up (1 photo) | 1 | | | {start_up['cpu_ms']:.0f} ms CPU, "
+            f"{1000 / start_up['wall_rate']:.0f} ms wall | | {start_up['peak_mb']:.0f} | "
+            f"| {start_up['load']} |",
+            flush=True,
+        )
+        for name, folder in folders.items():
+            if only and name not in only:
+                continue
+            found = cli_run(bundle, folder, WORK_DIR / "phone-results.csv")
+            files = sum(found["statuses"].values())
+            run_cpu = (found["cpu_ms"] * files - start_up["cpu_ms"]) / files
+            print(
+                f"| {graph} | {name} | {files} | {found['rate']:.1f} | {found['wall_rate']:.1f} "
+                f"| {run_cpu:.1f} | {2000 / run_cpu:.0f} "
+                f"| {found['peak_mb']:.0f} | {found['statuses']} | {found['load']} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bundle", type=Path, default=REPO_ROOT / "models" / "default")
     parser.add_argument("--int8-bundle", type=Path)
     parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared/data/msld-v1")
     parser.add_argument("--per-size", type=int, default=48)
+    parser.add_argument("--files", type=int, default=240, help="files in each timed folder")
     parser.add_argument("--small", type=int, default=600)
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--many", type=int, default=0)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--only", nargs="*", help="folder names to run (default: all)")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=("table", "bare", "api"), help="parts to skip"
+    )
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
-    folders = make_folders(args.data, args.per_size, args.small, args.only)
+    folders = make_folders(args.data, args.per_size, args.small, args.only, args.files)
     bundles = {"fp32": args.bundle}
     if args.int8_bundle:
         bundles["int8"] = args.int8_bundle
-    print(
-        "| graph | photos | predict img/s (printed) | whole command img/s | CPU ms/photo "
-        "| 2-core bound img/s | peak RSS MiB | statuses | load before -> after |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    if "table" not in args.skip:
+        table(bundles, folders, args.only)
     for graph, bundle in bundles.items():
-        for name, folder in folders.items():
-            if args.only and name not in args.only:
-                continue
-            found = cli_run(bundle, folder, WORK_DIR / "phone-results.csv")
+        if "bare" not in args.skip:
+            for layout, (rate, cpu_ms, where) in bare_model(bundle).items():
+                print(
+                    f"bare model {graph}, {layout}: {rate:.1f} photos/s, {cpu_ms:.2f} ms CPU/photo"
+                    f" at batch 8 (load {where})"
+                )
+        if "api" not in args.skip:
+            photo = sorted(folders["4000x3000 JPEG"].iterdir())[0]
+            p50, p99, where = api_latency(bundle, photo, args.requests)
             print(
-                f"| {graph} | {name} | {found['rate']:.1f} | {found['wall_rate']:.1f} "
-                f"| {found['cpu_ms']:.1f} | {2000 / found['cpu_ms']:.0f} "
-                f"| {found['peak_mb']:.0f} | {found['statuses']} | {found['load']} |",
-                flush=True,
+                f"API {graph}, one 4000x3000 JPEG, 1 client: p50 {p50} ms, p99 {p99} ms ({where})"
             )
-    for graph, bundle in bundles.items():
-        rate, where = bare_model(bundle)
-        print(f"bare model {graph}: {rate:.1f} photos/s at batch 8, 2 threads (load {where})")
-        p50, p99, where = api_latency(bundle, folders["4000x3000 JPEG"] / "0000.jpg", args.requests)
-        print(f"API {graph}, one 4000x3000 JPEG, 1 client: p50 {p50} ms, p99 {p99} ms ({where})")
     if args.many:
         folder = many_photos(folders["4000x3000 JPEG"], args.many)
         for graph, bundle in bundles.items():
