@@ -26,7 +26,8 @@ COARSE = ("mpox", "msld-other", "healthy", "bite", "rash")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 #: Cached views: 0 photo, 1 mirror, 2 default augmentation, 3-4 default augmentation + random
 #: style changes; MSLD photos also get the fixed style probes after them (view 5 on). To save
-#: CPU, the other sources have views 0, 2 and 3 only (``Cache.have`` says which).
+#: CPU, the other sources have the views of ``openworld_cache.py --views`` only (default 0, 2
+#: and 3; the cache behind ``accuracy.md`` has view 0 only; ``Cache.have`` says which).
 PLAIN_VIEWS = (0, 1, 2)
 STYLE_VIEWS = (3, 4)
 
