@@ -17,7 +17,7 @@ ROC AUC). A candidate's figures: the mean over sources of the share called mpox 
 source weighs the same), and the mean validation AUC. Winner: among the candidates whose
 AUC is at most ``--auc-margin`` below the best one, the lowest mean share (ties: higher AUC).
 
-Outer (``--outer paired`` or ``full``, see :func:`outer_folds`): each outer fold tests one
+Outer (``--outer``, ``--rotations``, see :func:`outer_folds`): each outer fold tests one
 MSLD patient-grouped fold (``StratifiedGroupKFold``, seed ``--seed``) and at most one negative
 source. The criterion runs on the rest only, the winner is trained on the rest (its own
 validation split) and scored on the test part, so the outer figures estimate the whole
@@ -27,7 +27,8 @@ outer folds, for comparison only (those figures choose nothing).
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/openworld_select.py --cache CACHE \
         --out select.json --recipe-out benchmarks/recipes/open-world-selected.json
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/openworld_select.py --cache CACHE \
-        --outer full --out select-outer.json
+        --outer --rotations 0 1 2 3 4 --out outer.json
+    python benchmarks/openworld_select.py --cache CACHE --out unused --combine outer*.json
 """
 
 from __future__ import annotations
@@ -158,99 +159,118 @@ def select(cache: Cache, test: np.ndarray, args) -> tuple[str, dict]:
     return choose(scores, args.auc_margin), scores
 
 
-def outer(cache: Cache, args) -> dict:
-    """The nested estimate: select inside each outer fold, score the winner outside."""
-    folds = msld_folds(cache, args.seed)
-    photos = cache.photos
-    scored: dict[str, dict[str, list]] = {
-        name: {"msld": [], "held": []} for name in (*CANDIDATES, "selected")
-    }
-    chosen = []
-    for k, source in outer_folds(args.outer):
-        msld_test = folds[k]
-        held = rows_of(cache, source) if source else np.zeros(0, int)
-        test = np.concatenate([msld_test, held])
-        print(f"outer fold {k} (held out: MSLD fold {k}, {source})", flush=True)
-        winner, scores = select(cache, test, args)
-        chosen.append({"fold": k, "source": source, "winner": winner, "scores": scores})
-        print(f"  chosen: {winner}", flush=True)
-        pool = pool_without(cache, test)
-        train, val = group_split(cache, pool, args.val, args.seed + k)
-        tests = {"msld": msld_test, "held": held}
-        for name, variant in CANDIDATES.items():
-            out, thresholds, _, l2 = run_fold(
-                cache, variant, cache.emb, train, val, tests, args.fit, no_lesion=False
-            )
-            entry = (out, thresholds[args.target], l2)
-            for key in {name, "selected" if name == winner else name}:
-                if source is None or args.outer == "paired":
-                    scored[key]["msld"].append((msld_test, *entry))
-                if source:
-                    scored[key]["held"].append((source, held, *entry))
-    return {
-        "chosen": chosen,
-        "figures": {name: figures(photos, parts) for name, parts in scored.items()},
-    }
+def outer_folds(rotation: int) -> list[tuple[int, str | None]]:
+    """``(MSLD fold, held-out source or None)`` of the outer folds of one rotation: fold ``k``
+    holds out MSLD fold ``k`` and the ``(k + rotation) % 5``-th of (the four negative sources,
+    none); rotations 0-4 together pair every source with every MSLD fold."""
+    cycle = (*NEGATIVE_SOURCES, None)
+    return [(k, cycle[(k + rotation) % len(cycle)]) for k in range(len(cycle))]
 
 
-def outer_folds(design: str) -> list[tuple[int, str | None]]:
-    """``(MSLD fold, held-out source or None)`` of every outer fold.
+def outer(cache: Cache, args) -> list[dict]:
+    """The nested estimate: select inside each outer fold, score the winner outside.
 
-    ``paired``: fold ``k`` holds out MSLD fold ``k`` and the ``k``-th negative source (fold 4
-    none). ``full``: every MSLD fold with no source held out (the MSLD figures), and every
-    negative source with every MSLD fold (the source figures, pooled over five models).
+    Returns one entry per outer fold: the inner scores, the winner, and every candidate's
+    test probabilities and threshold (``"selected"``: the winner's).
     """
-    n_folds = len(NEGATIVE_SOURCES) + 1
-    if design == "paired":
-        return [(k, NEGATIVE_SOURCES[k] if k < n_folds - 1 else None) for k in range(n_folds)]
-    return [(k, None) for k in range(n_folds)] + [
-        (k, s) for s in NEGATIVE_SOURCES for k in range(n_folds)
-    ]
+    folds = msld_folds(cache, args.seed)
+    entries = []
+    for rotation in args.rotations:
+        for k, source in outer_folds(rotation):
+            msld_test = folds[k]
+            held = rows_of(cache, source) if source else np.zeros(0, int)
+            test = np.concatenate([msld_test, held])
+            print(f"rotation {rotation}, outer fold {k}: MSLD fold {k}, {source}", flush=True)
+            winner, scores = select(cache, test, args)
+            print(f"  chosen: {winner}", flush=True)
+            train, val = group_split(cache, pool_without(cache, test), args.val, args.seed + k)
+            tested = {}
+            for name, variant in CANDIDATES.items():
+                out, thresholds, _, l2 = run_fold(
+                    cache,
+                    variant,
+                    cache.emb,
+                    train,
+                    val,
+                    {"msld": msld_test, "held": held},
+                    args.fit,
+                    no_lesion=False,
+                )
+                tested[name] = {
+                    "threshold": thresholds[args.target],
+                    "l2": l2,
+                    "p_msld": out["msld"][0].tolist(),
+                    "p_held": out["held"][0].tolist(),
+                }
+            tested["selected"] = tested[winner]
+            entries.append(
+                {
+                    "rotation": rotation,
+                    "fold": k,
+                    "source": source,
+                    "msld_rows": msld_test.tolist(),
+                    "held_rows": held.tolist(),
+                    "winner": winner,
+                    "scores": scores,
+                    "tested": tested,
+                }
+            )
+    return entries
 
 
-def figures(photos, parts: dict) -> dict:
-    """Pooled outer figures: MSLD AUC, sensitivity, others called; held-out sources called."""
-    rows = np.concatenate([p[0] for p in parts["msld"]])
-    p = np.concatenate([p[1]["msld"][0] for p in parts["msld"]])
-    called = np.concatenate([q[1]["msld"][0] >= q[2] for q in parts["msld"]])
+def calls(entry: dict, name: str, part: str) -> np.ndarray:
+    """Which test photos of ``part`` (``"msld"`` or ``"held"``) pipeline ``name`` calls mpox."""
+    tested = entry["tested"][name]
+    return np.array(tested[f"p_{part}"]) >= tested["threshold"]
+
+
+def figures(photos, entries: list[dict], name: str) -> dict:
+    """Pooled outer figures of one pipeline: MSLD AUC (all folds' probabilities pooled),
+    sensitivity and others called, and each held-out source's share called mpox; a photo
+    scored in several rotations counts as the mean of its calls (intervals from photo
+    counts, as in ``openworld_heads.py``)."""
+    rows = np.concatenate([e["msld_rows"] for e in entries])
+    p = np.concatenate([e["tested"][name]["p_msld"] for e in entries])
+    called = np.concatenate([calls(e, name, "msld") for e in entries])
     y = np.array([photos[i].mpox for i in rows])
     groups = np.array([photos[i].group for i in rows])
+    n_rot = len({e["rotation"] for e in entries})
     out = {
         "auc": float(roc_auc_score(y, p)),
         "auc_ci": [float(v) for v in bootstrap_auc(y, p, groups)],
-        "sens": [int(called[y].sum()), int(y.sum())],
-        "others_called": [int(called[~y].sum()), int((~y).sum())],
-        "l2": [q[3] for q in parts["msld"]],
+        "sens": [round(called[y].sum() / n_rot), round(y.sum() / n_rot)],
+        "others_called": [round(called[~y].sum() / n_rot), round((~y).sum() / n_rot)],
         "held": {},
     }
-    # A source held out in several outer folds: the mean share over those folds' models,
-    # counted on its photos (as in openworld_heads.py).
-    for source in dict.fromkeys(q[0] for q in parts["held"]):
-        entries = [q for q in parts["held"] if q[0] == source]
-        held = entries[0][1]
-        calls = np.mean([q[2]["held"][0] >= q[3] for q in entries], axis=0)
-        out["held"][source] = [round(float(calls.sum())), len(held)]
+    for source in NEGATIVE_SOURCES:
+        parts = [e for e in entries if e["source"] == source]
+        if not parts:
+            continue
+        held = np.array(parts[0]["held_rows"])
+        called = np.mean([calls(e, name, "held") for e in parts], axis=0)
+        out["held"][source] = [round(float(called.sum())), len(held)]
         if source == "skin-id-smartphone":
             healthy = np.array([photos[i].class_name == "Healthy" for i in held])
             out["held"]["skin-id Healthy"] = [
-                round(float(calls[healthy].sum())),
+                round(float(called[healthy].sum())),
                 int(healthy.sum()),
             ]
     return out
 
 
-def table(results: dict) -> str:
+def table(photos, entries: list[dict]) -> str:
     """Markdown rows in the columns of the Results tables of ``benchmarks/accuracy.md``."""
     heads = ["pipeline", "MSLD AUC (95% CI)", "MSLD mpox sens. %", "MSLD others %"]
     heads += [f"LOSO {s} %" for s in NEGATIVE_SOURCES] + ["LOSO skin-id Healthy %"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for name, f in results["figures"].items():
+    for name in ("selected", *CANDIDATES):
+        f = figures(photos, entries, name)
         low, high = f["auc_ci"]
         cells = [f"`{name}`", f"{f['auc']:.3f} ({low:.3f}-{high:.3f})"]
         cells += [share(*f["sens"]), share(*f["others_called"])]
         for key in (*NEGATIVE_SOURCES, "skin-id Healthy"):
-            k, n = f["held"][key]
-            cells.append(f"{share(k, n)}, {k}/{n}")
+            k, n = f["held"].get(key, (0, 0))
+            cells.append(f"{share(k, n)}, {k}/{n}" if n else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -264,21 +284,25 @@ def main() -> None:
     parser.add_argument("--l2", type=float, nargs="*", default=list(L2_GRID))
     parser.add_argument("--repeats", type=int, default=5, help="validation splits per source")
     parser.add_argument("--auc-margin", type=float, default=0.02)
+    parser.add_argument("--outer", action="store_true", help="the nested estimate")
     parser.add_argument(
-        "--outer", choices=("paired", "full"), help="the nested estimate (see outer_folds)"
+        "--rotations", type=int, nargs="*", default=[0], help="outer rotations (outer_folds)"
     )
+    parser.add_argument("--combine", type=Path, nargs="*", help="tables of --outer JSON files")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--recipe-out", type=Path, help="write the winner's train config")
     args = parser.parse_args()
     args.fit = SimpleNamespace(l2=args.l2, target=[args.target])
     torch.set_num_threads(1)
     cache = load_cache(args.cache)
+    if args.combine:
+        entries = [e for path in args.combine for e in json.loads(path.read_text())]
+        for e in entries:
+            print(f"rotation {e['rotation']} fold {e['fold']} ({e['source']}): {e['winner']}")
+        print(table(cache.photos, entries))
+        return
     if args.outer:
-        results = outer(cache, args)
-        args.out.write_text(json.dumps(results, indent=1))
-        for fold in results["chosen"]:
-            print(f"outer fold {fold['fold']} ({fold['source']}): {fold['winner']}")
-        print(table(results))
+        args.out.write_text(json.dumps(outer(cache, args)))
         return
     print("criterion on all data", flush=True)
     winner, scores = select(cache, np.zeros(0, int), args)
