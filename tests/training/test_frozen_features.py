@@ -14,6 +14,7 @@ from mpoxscan.data.photos import read_photo
 from mpoxscan.data.splits import split_dataset
 from mpoxscan.data.transforms import normalize_batch
 from mpoxscan.evaluation.metrics import binary_metrics
+from mpoxscan.training import frozen_features
 from mpoxscan.training.config import (
     DataConfig,
     FeatureConfig,
@@ -189,3 +190,24 @@ def test_default_recipe_follows_the_model():
     assert with_recipe(TrainConfig(), ModelConfig(name="seed-cnn")).recipe == "finetune"
     chosen = TrainConfig(recipe="finetune")
     assert with_recipe(chosen, ModelConfig(name="efficientnet-lite0")).recipe == "finetune"
+
+
+def test_large_embedding_jobs_run_in_onnx_runtime_with_the_same_embeddings(
+    lite0, parts, monkeypatch
+):
+    model, prep = lite0
+    cfg = frozen_cfg()
+    kwargs = {"augment": cfg.augment, "seed": 3}
+    eager = embed_dataset(model, prep, parts["val"], 3, cache=FeatureCache(), **kwargs)
+    built = []
+
+    class CountingOnnxForward(frozen_features.OnnxForward):
+        def __init__(self, *args, **kw):
+            built.append(args)
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(frozen_features, "MIN_PASSES", 1)
+    monkeypatch.setattr(frozen_features, "OnnxForward", CountingOnnxForward)
+    fast = embed_dataset(model, prep, parts["val"], 3, cache=FeatureCache(), **kwargs)
+    assert len(built) == 1  # one graph for the whole job
+    np.testing.assert_allclose(fast, eager, atol=1e-4)

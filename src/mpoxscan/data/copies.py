@@ -60,6 +60,8 @@ _CELL = 8
 _MIN_CELL_STD = 6.0
 #: Rows of the candidate search computed at once (bounds memory at a few hundred MB).
 _SEARCH_BLOCK = 256
+#: Photos handed to the embedder at once (large enough for it to switch to its fast engine).
+_EMBED_CHUNK = 256
 
 Stage = Literal["exact", "phash", "geometric"]
 
@@ -446,8 +448,8 @@ def _load(records: list[ImageRecord], embed: Embedder | None, config: CopyConfig
     embeddings = None
     if embed is not None and kept:
         log.info("embedding %d photos (%d cached)", len(to_embed), len(kept) - len(to_embed))
-        for start in range(0, len(to_embed), 64):
-            chunk = to_embed[start : start + 64]
+        for start in range(0, len(to_embed), _EMBED_CHUNK):
+            chunk = to_embed[start : start + _EMBED_CHUNK]
             for (row, _), vectors in zip(chunk, embed([img for _, img in chunk]), strict=True):
                 cache.put(_cache_key(embed, shas[row]), vectors.astype(np.float16))
         stacked = [cache.get(_cache_key(embed, sha)) for sha in shas]

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from mpoxscan.data.preprocessing import to_array
+from mpoxscan.models.onnx_forward import MIN_PASSES, OnnxForward
 from mpoxscan.models.registry import create_model
 
 #: Windows pooled from a 7 x 7 feature map, as (top, left, height, width) fractions of it:
@@ -44,17 +45,25 @@ class RegionEmbedder:
         self.batch_size = batch_size
         self.name = f"{model_name}-windows{len(WINDOWS)}-v1"
         self.model_: torch.nn.Module | None = None
+        self.fast_: OnnxForward | None = None
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Embed photos; returns ``(n, len(WINDOWS), C)`` float32 unit vectors."""
+        """Embed photos; returns ``(n, len(WINDOWS), C)`` float32 unit vectors.
+
+        From the first call with at least ``MIN_PASSES`` photos on, the backbone runs in ONNX
+        Runtime (several times faster on CPU, same features to about 1e-4).
+        """
         model = self._model()
         prep = model.preprocessing
+        if self.fast_ is None and len(images) >= MIN_PASSES:
+            self.fast_ = OnnxForward(model, prep.image_size)
+        forward = self.fast_ or model.forward_features
         out = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             batch = np.stack([to_array(img, prep) for img in chunk])
             with torch.inference_mode():
-                features = model.forward_features(torch.from_numpy(batch))
+                features = forward(torch.from_numpy(batch))
             out.append(pool_windows(features).numpy())
         if not out:
             return np.zeros((0, len(WINDOWS), 0), np.float32)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
@@ -42,6 +43,7 @@ from mpoxscan.data.style import StyleConfig, random_style
 from mpoxscan.data.transforms import AugmentConfig, build_augmentation, normalize_batch
 from mpoxscan.hashing import file_sha256
 from mpoxscan.inference.no_lesion import is_no_lesion_class
+from mpoxscan.models.onnx_forward import MIN_PASSES, OnnxForward
 from mpoxscan.training.config import Balance, TrainConfig
 from mpoxscan.training.loop import (
     ArrayLoader,
@@ -155,14 +157,22 @@ def compute_views(
     seed: int,
     start: int | None = None,
     style: StyleConfig | None = None,
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Embed the given views of one photo: float32 ``(len(views), C)`` pooled embeddings, or
-    the ``(len(views), C, H, W)`` input of block ``start``."""
+    the ``(len(views), C, H, W)`` input of block ``start``.
+
+    ``features`` replaces ``model.forward_features`` for pooled embeddings (the same network
+    run by ONNX Runtime, see :class:`~mpoxscan.models.onnx_forward.OnnxForward`).
+    """
     batch = torch.stack(
         [render_view(image, v, augment, view_seed(file_hash, v, seed), style) for v in views]
     )
     x = normalize_batch(batch, prep)
-    out = model.embed(x) if start is None else model.forward_until(x, start)
+    if start is not None:
+        out = model.forward_until(x, start)
+    else:
+        out = (features or model.forward_features)(x).mean(dim=(2, 3))
     return out.numpy().astype(np.float32)
 
 
@@ -181,12 +191,13 @@ def embed_dataset(
 ) -> np.ndarray:
     """Pooled embeddings of the first ``n_views`` views of every photo of ``dataset``.
 
-    Views already in ``cache`` are reused; missing ones are computed and added. With
-    ``start``, the arrays are the input of backbone block ``start`` instead (partial
-    fine-tuning).
+    Views already in ``cache`` are reused; missing ones are computed and added (through ONNX
+    Runtime when there are at least ``MIN_PASSES`` of them: several times faster on CPU, the
+    same embeddings to about 1e-4). With ``start``, the arrays are the input of backbone block
+    ``start`` instead (partial fine-tuning).
 
     Args:
-        model: a registry model (its backbone is used through ``model.embed``).
+        model: a registry model (its backbone is used through ``model.forward_features``).
         prep: the model's preprocessing.
         dataset: the photos (decoded and resized to ``prep.image_size``).
         n_views: how many views per photo (see the module docstring).
@@ -202,19 +213,30 @@ def embed_dataset(
     model.eval()
     backbone = backbone_fingerprint(model, start)
     augmenter = build_augmentation(augment, prep.image_size)
+    hashes = [file_sha256(record.path) for record in dataset.records]
+    keys = [photo_key(h, backbone, prep.image_size, augment, seed, start, style) for h in hashes]
+    cached = [cache.get(key) for key in keys]
+    missing = sum(n_views - (0 if c is None else min(n_views, len(c))) for c in cached)
+    fast = OnnxForward(model, prep.image_size) if start is None and missing >= MIN_PASSES else None
     out = []
-    for image, record in zip(dataset.images, dataset.records, strict=True):
-        file_hash = file_sha256(record.path)
-        key = photo_key(file_hash, backbone, prep.image_size, augment, seed, start, style)
-        cached = cache.get(key)
-        have = 0 if cached is None else len(cached)
+    for image, file_hash, key, have_views in zip(dataset.images, hashes, keys, cached, strict=True):
+        have = 0 if have_views is None else len(have_views)
         if have < n_views:
             extra = compute_views(
-                model, prep, image, range(have, n_views), file_hash, augmenter, seed, start, style
+                model,
+                prep,
+                image,
+                range(have, n_views),
+                file_hash,
+                augmenter,
+                seed,
+                start,
+                style,
+                features=fast,
             )
-            cached = extra if cached is None else np.concatenate([cached, extra])
-            cache.put(key, cached)
-        out.append(cached[:n_views])
+            have_views = extra if have_views is None else np.concatenate([have_views, extra])
+            cache.put(key, have_views)
+        out.append(have_views[:n_views])
     if not out:
         return np.zeros((0, n_views, 0), dtype=np.float32)
     return np.stack(out)
