@@ -83,8 +83,10 @@ class CopyConfig:
     """Thresholds of the copy finder; the defaults were chosen on the copies the tests make.
 
     Attributes:
-        phash_threshold: largest pHash distance (bits of 64) counted as a copy in stage 1.
-            Re-encoded, resized, 2-3 %-cropped copies are within 6, different photos 12+ apart.
+        phash_threshold: largest pHash distance (bits of 64) of a stage-1 near-duplicate.
+            Re-encoded, resized, 2-3 %-cropped copies are within 6; so are some different
+            photos of smooth skin among thousands, so a near-duplicate must also pass the
+            local-feature check of stage 3.
         top_k: candidates kept per photo in stage 2 (copies of one photo rarely exceed this).
         min_similarity: smallest whole-to-window cosine of a candidate: the tests' copies
             score 0.62-1.0 (mostly above 0.8), so this only trims the geometric checks.
@@ -122,11 +124,12 @@ class CopyPair:
     Attributes:
         a: one file.
         b: the other.
-        stage: ``"exact"`` (identical bytes), ``"phash"`` (perceptual hash) or ``"geometric"``
-            (embedding candidate confirmed by matched local features).
+        stage: ``"exact"`` (identical bytes), ``"phash"`` (perceptual hash, confirmed by
+            matched local features) or ``"geometric"`` (embedding candidate confirmed by
+            matched local features).
         score: how alike they are, 0-1: 1 for exact copies, ``1 - distance / 64`` for pHash
             pairs, the whole-to-window cosine of their embeddings for geometric ones.
-        inliers: matched points agreeing on one similarity transform (stage 3; 0 otherwise).
+        inliers: matched points agreeing on one similarity transform (0 for exact copies).
         distance: pHash distance in bits (stage 1; ``None`` when not computed).
         mirrored: stage 3 matched one photo with the other's mirror image.
         where: what the pair straddles, filled in by the audit (e.g. ``"folders: test / train"``).
@@ -152,7 +155,7 @@ class CopyPair:
         if self.stage == "exact":
             return "identical"
         if self.stage == "phash":
-            return f"pHash distance {self.distance}"
+            return f"pHash distance {self.distance}, {self.inliers} matched points"
         mirrored = ", mirrored" if self.mirrored else ""
         return f"{self.inliers} matched points, cosine {self.score:.2f}{mirrored}"
 
@@ -227,16 +230,26 @@ def scan_copies(
     """:func:`find_copies`, also returning the hashes and the files that could not be read."""
     config = config or CopyConfig()
     loaded = _load(list(records), embed, config)
-    pairs = _hash_pairs(loaded, config.phash_threshold)
-    found = {(pair_index.i, pair_index.j) for pair_index in pairs}
-    notes = []
+    hashed = _hash_pairs(loaded, config.phash_threshold)
+    near = [(f.i, f.j, f.pair.score) for f in hashed if not f.pair.exact]
+    notes, fresh = [], []
     if embed is None:
         notes.append("Cropped copies not searched: no embedder given (stage 1 only).")
     elif len(loaded.records) > 1:
+        seen = {(f.i, f.j) for f in hashed}
         candidates = _candidates(loaded.embeddings, config.top_k, config.min_similarity)
-        fresh = [(i, j, s) for i, j, s in candidates if (i, j) not in found]
-        log.info("checking %d candidate pairs with local features", len(fresh))
-        pairs += _verify(loaded, fresh, config)
+        fresh = [(i, j, s) for i, j, s in candidates if (i, j) not in seen]
+    log.info("checking %d candidate pairs with local features", len(near) + len(fresh))
+    checked = {(f.i, f.j): f for f in _verify(loaded, near + fresh, config)}
+    pairs = [f for f in hashed if f.pair.exact]
+    for f in hashed:
+        # perceptual hashes of smooth skin photos collide across thousands of photos: a
+        # near-duplicate counts only when its local features agree too
+        if not f.pair.exact and (f.i, f.j) in checked:
+            geometry = checked.pop((f.i, f.j)).pair
+            pair = replace(f.pair, inliers=geometry.inliers, mirrored=geometry.mirrored)
+            pairs.append(_Found(f.i, f.j, pair))
+    pairs += checked.values()
     pairs.sort(key=lambda p: (p.i, p.j))
     return CopyScan(
         records=loaded.records,
@@ -639,7 +652,11 @@ def _ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float) -> tuple[np.ndarr
 
 def _inliers(a: _Features | None, b: _Features | None, config: CopyConfig) -> int:
     """Matched points of ``a`` and ``b`` that agree on one RANSAC similarity transform."""
-    if a is None or b is None or len(a.descriptors) < 3 or len(b.descriptors) < 2:
+    if a is None or b is None:
+        return 0
+    if len(a.descriptors) > len(b.descriptors):
+        a, b = b, a  # match the sparser photo into the richer one: the result is symmetric
+    if len(a.descriptors) < 3 or len(b.descriptors) < 2:
         return 0
     ia, ib = _ratio_matches(a.descriptors, b.descriptors, config.ratio)
     if len(ia) < max(3, config.min_inliers):
