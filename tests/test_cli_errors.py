@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,13 +85,41 @@ def test_train_refuses_to_overwrite_a_bundle_without_overwrite(tiny_bundle, tiny
     assert sorted(p.name for p in tiny_bundle.iterdir()) == before
 
 
-@pytest.mark.parametrize("command", ["", "train", "cv", "predict", "serve", "audit", "export"])
+def _command_names() -> list[str]:
+    import typer.main
+
+    return list(typer.main.get_command(app).commands)
+
+
+#: A help text or option name cut short: "…" (rich), or "..." ending a line after a word
+#: (click's short help); "PATHS..." in a usage line and "paths... <list[Path]>" are not cut.
+CUT = re.compile(r"…|\w\.\.\.$", re.MULTILINE)
+
+
+@pytest.mark.parametrize("command", ["", *_command_names()])
 def test_help_fits_80_columns_and_lists_the_exit_codes(command):
     result = run(*([command] if command else []), "--help", env={"COLUMNS": "80"})
     assert result.exit_code == 0
     assert max(len(line) for line in result.output.splitlines()) <= 80
-    assert "…" not in result.output
+    text = "\n".join(line for line in result.output.splitlines() if "Usage:" not in line)
+    assert not CUT.findall(text), text
     assert "Exit codes: 0 done" in result.output and "3 done, but some files" in result.output
+
+
+def test_the_command_list_gives_each_command_its_whole_first_sentence():
+    import typer.main
+
+    result = run("--help", env={"COLUMNS": "80"})
+    listing = " ".join(result.output.split("Commands:")[1].split("Exit codes:")[0].split())
+    for name, command in typer.main.get_command(app).commands.items():
+        sentence = " ".join(command.help.split("\n\n")[0].split()).split(". ")[0]
+        assert f"{name} {sentence}" in listing, name
+
+
+def test_the_truncation_check_catches_clicks_shortened_help():
+    assert CUT.findall("  train  Train a model on a patient-grouped split and save it as a...")
+    assert CUT.findall("  --patient-patte…  Regular expression")
+    assert not CUT.findall("  paths... <list[Path]>  Image files or folders.  [required]")
 
 
 def test_train_and_cv_share_one_declaration_of_their_options():

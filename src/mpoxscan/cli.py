@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shlex
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -84,6 +85,18 @@ class MpoxscanCommands(TyperGroup):
         if command is not None and not command.epilog:
             command.epilog = EXIT_CODES_HELP
         return command
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """List the commands, each with the whole first sentence of its help, wrapped to the
+        terminal's width (click cuts it to what fits on one line and adds "...")."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=sys.maxsize)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: Any) -> Any:
         """Run the chosen command through the one error and warning path."""
