@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import subprocess
 import sys
@@ -64,17 +66,45 @@ def test_debug_lets_the_exception_through(monkeypatch, tmp_path, debug):
     assert isinstance(result.exception, TypeError)  # the traceback is printed by typer
 
 
-def test_an_unwritable_out_file_is_a_message_not_a_traceback(tiny_bundle, tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
+def _locked(path: Path) -> PermissionError:
+    return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
+@pytest.mark.parametrize(
+    ("out", "reason", "hint"),
+    [
+        ("a-file/rows.csv", "File exists", "a file stands where a folder is needed"),
+        ("a-file/sub/rows.jsonl", "Not a directory", "a file stands where a folder is needed"),
+        ("a-folder.csv", "Is a directory", "a folder stands where a file is needed"),
+        ("locked/rows.csv", "Permission denied", "choose a location you may write to"),
+    ],
+)
+def test_an_unwritable_out_file_is_a_message_not_a_traceback(
+    tmp_path, monkeypatch, out, reason, hint
+):
+    """Each fails before the model loads (``--model-dir`` is not even a bundle). The tests
+    run as root, who may write anywhere, so a folder without write permission is played by
+    ``os.mkdir`` refusing to make ``locked`` as the kernel would (EACCES)."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-folder.csv").mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if Path(path).name == "locked":
+            raise _locked(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
     photo = tmp_path / "photo.jpg"
     from testdata import make_lesion_photo
 
     make_lesion_photo(positive=True, seed=1).save(photo)
-    result = run("predict", "--model-dir", tiny_bundle, photo, "--out", blocker / "rows.csv")
+    result = run("predict", "--model-dir", tmp_path, photo, "--out", tmp_path / out)
     assert result.exit_code == ExitCode.USER_ERROR
-    assert result.output.startswith(f"error: {blocker}")
-    assert "Traceback" not in result.output and len(result.output.splitlines()) == 2
+    message, advice = result.output.splitlines()  # what went wrong, what to do
+    assert message.startswith(f"error: {tmp_path}/") and message.endswith(f": {reason}")
+    assert advice.startswith(hint)
+    assert "Traceback" not in result.output
 
 
 def test_train_refuses_to_overwrite_a_bundle_without_overwrite(tiny_bundle, tiny_dataset):
@@ -247,13 +277,13 @@ def test_the_licence_file_matches_pyproject():
 
 
 def test_every_row_of_the_bad_input_table_names_tests_that_exist():
-    import re
-
     root = Path(__file__).resolve().parents[1]
     table = (root / "docs" / "cli.md").read_text().split("## Bad inputs", 1)[1]
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "::" in line]
-    assert len(rows) >= 20
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]  # not the header
+    assert len(rows) >= 25
     for row in rows:
-        for path, name in re.findall(r"`([\w/]+\.py)::(\w+)", row):
+        tests = re.findall(r"`([\w/]+\.py)::(\w+)", row.rsplit("|", 2)[1])
+        assert tests, f"docs/cli.md: no test named in its last column: {row[:60]}"
+        for path, name in tests:
             source = (root / "tests" / path).read_text()
             assert f"def {name}(" in source, f"docs/cli.md names {path}::{name}"

@@ -183,6 +183,8 @@ def _os_error_message(error: OSError) -> str:
         hint = "free some disk space, or write somewhere else"
     elif error.errno in (errno.EEXIST, errno.ENOTDIR):
         hint = "a file stands where a folder is needed: choose another path"
+    elif error.errno == errno.EISDIR:
+        hint = "a folder stands where a file is needed: choose a file name"
     elif error.errno == errno.ENOENT:
         hint = "check the path (its folder must exist)"
     else:
@@ -643,6 +645,8 @@ def predict(
     if out is not None:  # a bad --out fails before the model loads
         output_format(out)
         out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(out))
     if next(iter_image_files(paths), None) is None:
         fail(
             f"No image files in {', '.join(map(str, paths))}.",
