@@ -207,7 +207,7 @@ def _decode(
             f"{limits.max_bytes / 1024 / 1024:.0f} MiB limit; send a smaller JPEG of it.",
         )
     try:
-        data = bytes(upload.data)
+        data = bytes(upload.data)  # no copy: the upload is bytes already
         # Read as every other path reads it (read_photo: reduced to a few times the model's
         # input, which replaces limits.max_side), so the page's answer is the CLI's.
         if budget is None:

@@ -36,11 +36,15 @@ class Upload:
         data: the bytes received (empty when ``too_large``: the rest was discarded).
         size: how many bytes the part had.
         too_large: the part was over the per-file limit.
+        chunks: the pieces received so far, joined into ``data`` once the part ends (one
+            allocation and one copy, where a growing buffer is copied at each reallocation,
+            on the event loop's thread).
     """
 
-    data: bytearray = field(default_factory=bytearray)
+    data: bytes = b""
     size: int = 0
     too_large: bool = False
+    chunks: list[bytes] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -153,9 +157,10 @@ class _FormCollector:
             if upload.size > self.max_file_bytes:
                 # Keep counting (the entry reports the size) but stop holding the bytes.
                 upload.too_large = True
-                upload.data = bytearray()
+                upload.chunks.clear()
             else:
-                upload.data += data[start:end]
+                # Slicing a whole chunk (the usual case) copies nothing.
+                upload.chunks.append(data[start:end])
         elif part.text is not None:
             if len(part.text) + length > _MAX_FIELD_BYTES:
                 part.text = None
@@ -166,6 +171,8 @@ class _FormCollector:
     def on_part_end(self) -> None:
         part = self._part
         if part.upload is not None:
+            part.upload.data = b"".join(part.upload.chunks)
+            part.upload.chunks.clear()
             # A browser sends an empty, unnamed part for a file input left empty.
             if part.filename_empty and part.upload.size == 0:
                 return
