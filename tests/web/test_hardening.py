@@ -301,17 +301,57 @@ def test_spoofed_forwarded_headers_from_an_untrusted_peer_are_ignored(web_settin
     assert [a.status_code for a in answers] == [422, 422, 429]
 
 
-def test_a_forged_host_is_refused_when_hosts_are_set(web_settings):
+def test_a_forged_host_is_refused_with_a_designed_answer(web_settings):
+    """A Host not allowed gets 400 invalid_host in the route's shape (JSON on the API, an
+    HTML page elsewhere) with every security header and the request id; it never reaches a
+    redirect, and the host sent is not echoed."""
     from fastapi.testclient import TestClient
 
     from mpoxscan.web.app import create_app
 
     settings = web_settings.model_copy(update={"allowed_hosts": ["clinic.example"]})
+    evil = {"Host": "evil.example"}
     with TestClient(create_app(settings), base_url="http://clinic.example") as good:
         assert good.get("/api/v1/health").status_code == 200
-        evil = good.get("/privacy/", headers={"Host": "evil.example"}, follow_redirects=False)
-    assert evil.status_code == 400
-    assert "evil.example" not in evil.headers.get("location", "")
+        api = good.get("/api/v1/health", headers=evil)
+        page = good.get("/privacy/", headers=evil, follow_redirects=False)
+        post = good.post("/api/v1/predict", files=photo_parts(b"x"), headers=evil)
+        head = good.head("/", headers=evil)
+    for answer in (api, page, post, head):
+        assert answer.status_code == 400, answer.text
+        assert "location" not in answer.headers
+        assert "evil.example" not in answer.text
+        for name in COMMON_HEADERS:
+            assert answer.headers.get(name), (name, dict(answer.headers))
+        assert answer.headers["cache-control"] == "no-store"
+    assert api.headers["content-type"] == post.headers["content-type"] == "application/json"
+    assert api.json()["error"]["code"] == post.json()["error"]["code"] == "invalid_host"
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'data-code="invalid_host"' in page.text
+    assert head.content == b"" and head.headers["content-type"].startswith("text/html")
+
+
+@pytest.mark.parametrize(
+    ("allowed", "host", "status"),
+    [
+        (["::1"], "[::1]:8000", 200),
+        (["[::1]"], "[0:0:0:0:0:0:0:1]", 200),
+        (["*.clinic.example"], "Screen.Clinic.Example:443", 200),
+        (["*.clinic.example"], "clinic.example", 400),
+        (["clinic.example"], "evil@clinic.example", 400),
+        (["clinic.example"], "clinic.example/..", 400),
+        (["clinic.example"], "", 400),
+        (["*"], "anything.example", 200),
+    ],
+)
+def test_allowed_hosts_match_names_ports_and_ipv6(web_settings, allowed, host, status):
+    from fastapi.testclient import TestClient
+
+    from mpoxscan.web.app import create_app
+
+    settings = web_settings.model_copy(update={"allowed_hosts": allowed})
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/api/v1/health", headers={"Host": host}).status_code == status
 
 
 #: Polls a URL every 50 ms until a line arrives on stdin, then prints the latencies (JSON).

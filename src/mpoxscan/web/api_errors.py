@@ -21,6 +21,7 @@ ERROR_STATUS: dict[str, int] = {
     "image_too_small": 422,
     "unsupported_media_type": 415,
     "malformed_request": 400,
+    "invalid_host": 400,
     "too_many_headers": 431,
     "upload_timeout": 408,
     "validation_error": 422,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import html
 import ipaddress
 import json
 import logging
@@ -22,7 +23,6 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from mpoxscan._version import __version__
 from mpoxscan.errors import BundleError
@@ -31,6 +31,7 @@ from mpoxscan.web.budgets import DecodeBudget, UploadGate
 from mpoxscan.web.http_server import uvicorn_options
 from mpoxscan.web.i18n import load_catalogues
 from mpoxscan.web.middleware import (
+    AllowedHostsMiddleware,
     CatchAllMiddleware,
     HeadAsGetMiddleware,
     HeaderCountMiddleware,
@@ -103,7 +104,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HeaderCountMiddleware, max_headers=settings.max_header_count)
     if settings.allowed_hosts:
         # A forged Host header must not reach redirects or links (``Host: evil.example``).
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+        app.add_middleware(
+            AllowedHostsMiddleware,
+            allowed_hosts=settings.allowed_hosts,
+            error_response=_host_refused_response,
+        )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -228,17 +233,33 @@ def _unexpected_error_response(request: Request) -> Response:
     """The answer to an exception no handler caught: ``500 internal_error``, as an HTML page
     on pages and JSON on the API, with no detail (the traceback goes to the server log)."""
     error = ApiError("internal_error", "Something went wrong on the server; try again later.")
+    return _error_response(request, error)
+
+
+def _host_refused_response(request: Request) -> Response:
+    """The answer to a ``Host`` not in ``MPOXSCAN_ALLOWED_HOSTS``: ``400 invalid_host`` (the
+    host sent is not repeated)."""
+    error = ApiError(
+        "invalid_host",
+        "This server does not answer to the host name in the request; "
+        "use the address the service is published under.",
+    )
+    return _error_response(request, error)
+
+
+def _error_response(request: Request, error: ApiError) -> Response:
+    """``error`` as an HTML page on pages and JSON on the API, outside any route (from a
+    middleware); a plain HTML page if the error page itself fails."""
     if _wants_html(request):
         try:
             return pages.render_error(request, error)
         except Exception:  # the page itself cannot be rendered: a plain page, still HTML
             logger.exception("the error page could not be rendered")
             return HTMLResponse(
-                "<!DOCTYPE html><title>Error</title><p>Something went wrong on the server; "
-                "try again later.</p>",
-                status_code=500,
+                f"<!DOCTYPE html><title>Error</title><p>{html.escape(error.message)}</p>",
+                status_code=error.status_code,
             )
-    return JSONResponse(error.body(), status_code=500)
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
 
 
 def _wants_html(request: Request) -> bool:

@@ -6,12 +6,16 @@
   middlewares, so it carries their headers; a client that went away mid-request is logged once,
   at info level, without a traceback.
 - ``HeaderCountMiddleware``: a request with more header fields than the limit gets 431.
+- ``AllowedHostsMiddleware``: a request whose ``Host`` is not allowed gets the app's own
+  ``400 invalid_host`` answer (Starlette's ``TrustedHostMiddleware`` answers plain text).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -103,6 +107,86 @@ class HeaderCountMiddleware:
             await JSONResponse(error.body(), status_code=error.status_code)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class AllowedHostsMiddleware:
+    """Refuse a request whose ``Host`` header is not one of ``allowed_hosts``.
+
+    Patterns are host names, IP addresses (IPv6 with or without brackets) or ``*.example.org``
+    (any subdomain); ``*`` allows every host. A ``Host`` that is missing or not a plain
+    ``name[:port]`` or ``[ipv6][:port]`` is refused too. The answer is
+    ``error_response(request)``, so it has the route's media type and, inside the
+    security-header and request-id middlewares, their headers.
+
+    Args:
+        app: the ASGI app.
+        allowed_hosts: the accepted patterns.
+        error_response: builds the refusal for a request.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        allowed_hosts: Sequence[str],
+        error_response: Callable[[Request], Response],
+    ):
+        for pattern in allowed_hosts:
+            wildcard = pattern.startswith("*") and not pattern.startswith("*.")
+            if pattern != "*" and ("*" in pattern[1:] or wildcard):
+                raise ValueError(f"host pattern {pattern!r}: use '*.example.org' or '*'")
+        self.app = app
+        self.allow_any = "*" in allowed_hosts
+        self.patterns = [_normal_host(p) for p in allowed_hosts if p != "*"]
+        self.error_response = error_response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.allow_any or scope["type"] != "http" or self._allowed(_host_header(scope)):
+            await self.app(scope, receive, send)
+            return
+        await self.error_response(Request(scope, receive))(scope, receive, send)
+
+    def _allowed(self, header: str | None) -> bool:
+        host = _host_name(header)
+        if host is None:
+            return False
+        return any(
+            host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:]))
+            for pattern in self.patterns
+        )
+
+
+#: ``name[:port]`` or ``[ipv6][:port]``; nothing else is a host (no user info, no path).
+_HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::[0-9]{1,5})?")
+
+
+def _host_header(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            return value.decode("latin-1")
+    return None
+
+
+def _host_name(header: str | None) -> str | None:
+    """The host of a ``Host`` header, lower case, an IPv6 address without brackets and in
+    its short form; ``None`` when the header is missing or malformed."""
+    match = _HOST.fullmatch(header or "")
+    if match is None:
+        return None
+    if match["ipv6"] is None:
+        return match["name"].lower()
+    try:
+        return ipaddress.IPv6Address(match["ipv6"]).compressed
+    except ValueError:
+        return None
+
+
+def _normal_host(pattern: str) -> str:
+    """An allowed-host pattern in the form ``_host_name`` gives (``[::1]`` and ``::1`` alike)."""
+    text = pattern.strip().lower().removeprefix("[").removesuffix("]")
+    try:
+        return ipaddress.IPv6Address(text).compressed
+    except ValueError:
+        return text
 
 
 def _path(scope: Scope) -> str:
