@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,4 +38,13 @@ class FeatureCache:
         self.memory[key] = array
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            np.save(self.cache_dir / f"{key}.npy", array, allow_pickle=False)
+            # written beside and renamed: a killed run or a second run reading the same cache
+            # never sees half a file
+            handle, temporary = tempfile.mkstemp(dir=self.cache_dir, suffix=".partial")
+            try:
+                with os.fdopen(handle, "wb") as file:
+                    np.save(file, array, allow_pickle=False)
+                os.replace(temporary, self.cache_dir / f"{key}.npy")
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
