@@ -239,7 +239,8 @@ def scan_copies(
         seen = {(f.i, f.j) for f in hashed}
         candidates = _candidates(loaded.embeddings, config.top_k, config.min_similarity)
         fresh = [(i, j, s) for i, j, s in candidates if (i, j) not in seen]
-    log.info("checking %d candidate pairs with local features", len(near) + len(fresh))
+    if near or fresh:
+        log.info("checking %d candidate pairs with local features", len(near) + len(fresh))
     checked = {(f.i, f.j): f for f in _verify(loaded, near + fresh, config)}
     pairs = [f for f in hashed if f.pair.exact]
     for f in hashed:
