@@ -253,6 +253,7 @@ class Predictor:
         quality: QualitySettings | None = None,
         threads: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        meta: BundleMeta | None = None,
     ) -> Predictor:
         """Load a bundle for prediction (once; the predictor is then reused).
 
@@ -263,6 +264,8 @@ class Predictor:
             quality: thresholds of the photo checks.
             threads: ONNX Runtime intra-op threads.
             batch_size: photos per forward pass.
+            meta: the bundle's metadata when the caller has just read and checked it with
+                ``read_bundle_meta`` (its files are then not hashed again).
 
         Returns:
             The loaded predictor.
@@ -270,12 +273,12 @@ class Predictor:
         Raises:
             BundleError: the bundle is invalid, or ``backend="onnx"`` and it has no ONNX file.
         """
-        return cls(quality, threads, batch_size)._load(Path(bundle_dir), backend)
+        return cls(quality, threads, batch_size)._load(Path(bundle_dir), backend, meta)
 
-    def _load(self, bundle: Path, backend: Backend) -> Predictor:
+    def _load(self, bundle: Path, backend: Backend, meta: BundleMeta | None = None) -> Predictor:
         if backend not in ("auto", "onnx", "torch"):
             raise ValueError(f"backend must be 'auto', 'onnx' or 'torch', got {backend!r}")
-        meta = read_bundle_meta(bundle)
+        meta = meta or read_bundle_meta(bundle)
         has_onnx = ONNX_FILE in meta.files
         if backend == "onnx" and not has_onnx:
             raise BundleError(

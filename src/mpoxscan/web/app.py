@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -80,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.predictor = None
+    #: The bundle's metadata when ``serve`` has already checked it (one process only).
+    app.state.bundle_meta = None
     app.state.micro_batcher = None
     app.state.model_info = None
     app.state.audit_log = None
@@ -141,7 +144,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         app.state.audit_log = await run_in_threadpool(AuditLog, settings.audit_db_url)
     predictor = await run_in_threadpool(
-        Predictor.load, settings.bundle_dir, backend=settings.backend
+        partial(
+            Predictor.load,
+            settings.bundle_dir,
+            backend=settings.backend,
+            meta=app.state.bundle_meta,
+        )
     )
     await run_in_threadpool(warm_up, predictor)
     app.state.micro_batcher = MicroBatcher(
@@ -323,7 +331,7 @@ def serve(
         settings.allowed_hosts = list(LOOPBACK_HOSTS)
         choices["allowed_hosts"] = settings.allowed_hosts
     try:
-        read_bundle_meta(settings.bundle_dir)
+        meta = read_bundle_meta(settings.bundle_dir)
     except BundleError as exc:
         raise BundleError(
             f"Cannot serve the model in {settings.bundle_dir}: {exc.message} "
@@ -338,7 +346,9 @@ def serve(
         **uvicorn_options(settings),
     }
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), **common)
+        app = create_app(settings)
+        app.state.bundle_meta = meta  # checked just now: the predictor does not hash it again
+        uvicorn.run(app, **common)
         return
     # Worker processes each build their app from the environment, so hand the choices on.
     for name in choices:
