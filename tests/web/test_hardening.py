@@ -11,9 +11,21 @@ from web_support import lesion_jpeg
 
 import mpoxscan.web.routes.api as api_routes
 
-#: Files of 1 to 3 bytes: the starts of the PNG, JPEG, GIF, BMP/DIB, TIFF, WebP and HEIF
-#: signatures (a 1-byte ``B`` once gave a 500 from the BMP check's ``struct.error``).
-TINY_FILES = [b"B", b"\x89P", b"GIF", b"\xff\xd8", b"\xff\xd8\xff", b"II*", b"MM\x00", b"RIF"]
+#: The start of each supported format's signature: JPEG, PNG, GIF, BMP, TIFF (both byte
+#: orders), WebP (RIFF) and HEIF/HEIC (a box size, then ``ftyp``).
+SIGNATURES = [
+    b"\xff\xd8\xff",
+    b"\x89PNG",
+    b"GIF8",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"RIFF",
+    b"\x00\x00\x00\x18ftypheic",
+]
+#: Every 1-, 2- and 3-byte start of those signatures (a 1-byte ``B`` once gave a 500 from the
+#: BMP check's ``struct.error``); the 0-byte file is the corpus's ``empty_file`` case.
+TINY_FILES = sorted({sig[:n] for sig in SIGNATURES for n in (1, 2, 3)})
 #: Headers every answer carries, errors included.
 COMMON_HEADERS = (
     "content-security-policy",
@@ -36,7 +48,7 @@ def test_a_tiny_file_gets_a_designed_4xx(client, data):
 
 
 def test_tiny_files_do_not_fail_the_other_photos_of_a_request(client):
-    files = photo_parts(lesion_jpeg(seed=170), *TINY_FILES[:3])
+    files = photo_parts(lesion_jpeg(seed=170), b"B", b"\x89P", b"GIF")
     response = client.post("/api/v1/predict", files=files)
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -430,9 +442,38 @@ def test_16_clients_sending_10_mb_bodies_stay_in_the_memory_budget_and_health_an
     assert sum(a.status_code == 200 for a in answers) >= clients // 2
     budget = worst_case_memory_bytes(Settings(), idle)
     assert sampler.peak() < budget, (sampler.peak(), budget)
-    # The bound is 200 ms; this 2-core machine is shared (load average 17 while this was
-    # written), so one poll in twenty may lose the CPU to other jobs for longer.
+    # The Done-when bound is 200 ms for every poll. On this shared 2-core machine, with the
+    # load generator and the poller on it too, the same code's slowest poll ranged from
+    # 105 ms to 2 s with other jobs' load (benchmarks/hardening.md, "Re-measured"), so the
+    # test holds 95 % of polls to 200 ms and every poll to 1 s.
     latencies = sorted(health)
     assert len(latencies) >= 10, latencies
     assert latencies[int(0.95 * (len(latencies) - 1))] < 0.2, latencies[-5:]
     assert latencies[-1] < 1.0, latencies[-5:]
+
+
+def test_serve_checks_the_bundle_files_once(web_bundle, monkeypatch):
+    """serve checks the bundle before it opens a port and hands the result to the app, so
+    one process hashes each file once (not again when the predictor loads)."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    import mpoxscan.inference.bundle as bundle_module
+    from mpoxscan.web.app import serve
+
+    checks = []
+    check_files = bundle_module._check_files
+    monkeypatch.setattr(
+        bundle_module, "_check_files", lambda *a: (checks.append(a), check_files(*a))[1]
+    )
+    answers = []
+
+    def run(app, **options):
+        # serve on 127.0.0.1 allows only loopback host names.
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            answers.append(client.get("/api/v1/health").json())
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    serve(web_bundle)
+    assert answers and answers[0]["model_loaded"]
+    assert len(checks) == 1
