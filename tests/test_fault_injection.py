@@ -1,14 +1,18 @@
 """SIGKILL at random points never leaves a broken bundle or a results file that loses rows.
 
-A bounded form of ``benchmarks/fault_injection.py`` (see benchmarks/fault_injection.md):
-about 40 kills across ``train``, ``export`` (first and again), ``attach-cv``,
-``import-keras`` and ``predict --out``.
+A bounded form of ``benchmarks/fault_injection.py`` (see benchmarks/fault_injection.md): per
+bundle-writing command (``train``, ``export`` first and again, ``attach-cv``,
+``import-keras``) one uninterrupted run, then kills spread over it, most of them while the
+bundle is being written; ``predict --out`` killed twice and resumed, three times (JSON Lines
+and CSV): 23 kills of bundle writers and 6 of ``predict --out``. Two zygote processes share
+the work (``train``, the slow one, runs beside the others), each trial in its own folder.
+Bounded by its fixed number of runs: 40 commands, and a probe of each bundle trial.
 """
 
 from __future__ import annotations
 
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -17,15 +21,16 @@ from fault_injection import (
     Zygote,
     build_scenarios,
     kill_trials,
-    resume_trial,
+    resume_trials,
     summarise,
     write_keras_h5,
 )
 
 from testdata import make_lesion_photo, make_unsplit_dataset
 
-TRIALS = 6  # per bundle-writing command (half of them late in the run, where it writes)
-RESUME_TRIALS = 3  # each kills predict --out twice, then runs it to the end
+#: Kills per command after its uninterrupted run: half of them (rounded up) in the write.
+KILLS = {"train --overwrite": 3, "export": 5, "export (again)": 5, "attach-cv": 5}
+KILLS |= {"import-keras": 5}
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="forks a zygote process (POSIX)"
@@ -34,40 +39,39 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.mark.slow
 def test_killed_commands_leave_the_old_or_the_new_bundle(tmp_path):
-    start = time.perf_counter()
-    rng = np.random.default_rng(2026)
-    data = make_unsplit_dataset(tmp_path / "data")
+    train_rng, rng = np.random.default_rng(2026).spawn(2)
+    data = make_unsplit_dataset(tmp_path / "data", patients=4)  # 16 photos: the fewest to train
     photo = next((data / "Monkey Pox").glob("*.jpg"))
     keras_h5 = write_keras_h5(tmp_path / "vgg16_monkey_pox_best_model.h5")
-    with Zygote() as zygote:
-        scenarios = build_scenarios(zygote, tmp_path / "bundles", data, keras_h5)
-        outcomes = kill_trials(zygote, scenarios, TRIALS, tmp_path / "trial", photo, rng)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(20):
+        make_lesion_photo(positive=seed % 2 == 0, seed=seed, size=64).save(
+            photos / f"p{seed:02d}.jpg"
+        )
+    (photos / "notes.jpg").write_text("not a photo")  # an error row, also exactly once
+    outs = [tmp_path / name for name in ("rows-1.jsonl", "rows-2.csv", "rows-3.jsonl")]
 
-        photos = tmp_path / "photos"
-        photos.mkdir()
-        for seed in range(20):
-            make_lesion_photo(positive=seed % 2 == 0, seed=seed, size=64).save(
-                photos / f"p{seed:02d}.jpg"
-            )
-        (photos / "notes.jpg").write_text("not a photo")  # an error row, also exactly once
-        expected = {str(p) for p in photos.iterdir()}
-        bundle = scenarios[0].pristine
-        resumes = [
-            resume_trial(
-                zygote,
-                bundle,
-                photos,
-                tmp_path / "rows.jsonl",
-                expected,
-                [float(d) for d in rng.uniform(0.0, 1.5, size=2)],
-            )
-            for _ in range(RESUME_TRIALS)
-        ]
+    with Zygote() as first, Zygote() as second, ThreadPoolExecutor(2) as pool:
+        train, *others = build_scenarios(first, tmp_path / "bundles", data, keras_h5)
+        trained = pool.submit(kill_trials, first, [train], KILLS, tmp_path / "t1", photo, train_rng)
+        outcomes = kill_trials(second, others, KILLS, tmp_path / "t2", photo, rng)
+        resumes = resume_trials(second, train.pristine, photos, outs, rng)
+        outcomes += trained.result()
 
     table = summarise(outcomes)
+    assert set(table) == set(KILLS)
     assert all(counts["broken"] == 0 for counts in table.values()), table
     assert sum(o.left_after_cleanup for o in outcomes) == 0  # the next write tidies up
-    assert len(table) == 5 and sum(o.killed for o in outcomes) >= len(outcomes) // 2, table
+    finished = {o.scenario: o.state for o in outcomes if o.phase == "whole run"}
+    assert finished == {name: "new" for name in KILLS} | {"export (again)": "old"}
+    # the kill points are timed from measured runs, so on a busy machine (whose load swings)
+    # some come after the end; a third at least must have killed the command (and while it
+    # wrote, for the "in the write" ones: they count from when its staging folder appeared)
+    kills = [o for o in outcomes if o.phase != "whole run"]
+    in_write = [o for o in kills if o.phase == "in the write"]
+    assert sum(o.killed for o in kills) >= len(kills) / 3, outcomes
+    assert sum(o.killed for o in in_write) >= len(in_write) / 3, outcomes
     for resume in resumes:
-        assert (resume.lost, resume.repeated, resume.rows) == (0, 0, len(expected)), resume
-    assert time.perf_counter() - start < 300  # bounded: 100 s at a load average of 17 on 2 cores
+        assert (resume.lost, resume.repeated, resume.rows) == (0, 0, 21), resume
+    assert sum(k for resume in resumes for k in resume.killed) >= 3
