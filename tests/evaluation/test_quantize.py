@@ -105,3 +105,22 @@ def test_export_command_prints_the_accuracy_check(onnx_bundle, tiny_dataset, tmp
     for expected in ("fp32: ROC AUC", "int8: ROC AUC", "sensitivity", "specificity", "largest"):
         assert expected in text
     assert ("kept" in text) != ("refused" in text)
+
+
+def test_a_bundle_trained_on_a_data_manifest_is_quantised_on_its_recorded_sources(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    from testdata import train_tiny_bundle
+
+    manifest = tmp_path / "data.toml"
+    manifest.write_text(
+        f'root = "{tiny_dataset.parent}"\n\n[[sources]]\nname = "web"\n'
+        f'folder = "{tiny_dataset.name}"\n\n[sources.classes]\n'
+        '"Monkey Pox" = "mpox"\n"Others" = "negative"\n'
+    )
+    monkeypatch.chdir(tmp_path)  # the recorded data path is relative, as on the command line
+    bundle = train_tiny_bundle(Path("data.toml"), tmp_path / "bundle", epochs=1).bundle_dir
+    export_onnx(bundle)
+    report = quantize_bundle(bundle, None, QuantizeConfig(max_auc_drop=1.0))
+    assert report.accepted and report.n_held_out > 0
+    assert (bundle / INT8_FILE).is_file()

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from mpoxscan.data.datasets import ImageRecord, scan_dataset
+from mpoxscan.data.datasets import ImageRecord
 from mpoxscan.data.photos import photo_pixels, read_photo
+from mpoxscan.data.sources import load_sources
 from mpoxscan.errors import BundleError
 from mpoxscan.evaluation.evaluate import bundle_split
 from mpoxscan.evaluation.metrics import binary_metrics
@@ -283,14 +284,16 @@ def _photos(
 ) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Training (calibration) and held-out test photos of the bundle's own split."""
     data_cfg = meta.config.get("data", {})
-    root = data_dir or data_cfg.get("data_dir")
-    if root is None or not Path(root).is_dir():
+    recorded = [data_cfg.get("data_dir"), *data_cfg.get("more_data", [])]
+    paths = [data_dir] if data_dir else recorded
+    root = ", ".join(str(p) for p in paths)
+    if not paths[0] or not all(Path(p).exists() for p in paths):
         raise BundleError(
             f"int8 export needs the bundle's training data for calibration and its accuracy "
-            f"check, and {root!r} is not a folder: pass --data"
+            f"check, and {root!r} is not a dataset folder or data manifest: pass --data"
         )
-    index = scan_dataset(
-        root,
+    index = load_sources(
+        paths,
         positive=data_cfg.get("positive"),
         multiclass=bool(data_cfg.get("multiclass", False)),
         patient_pattern=data_cfg.get("patient_pattern"),
