@@ -91,18 +91,29 @@ def test_different_photos_are_not_reported(scanned):
     assert len(wrong) <= 1, [(p.a.name, p.b.name, p.describe()) for p in wrong]
 
 
-def test_embeddings_are_cached_by_file_hash(copies, scanned, embedder, tmp_path):
+def test_embeddings_and_checks_are_cached_by_file_hash(
+    copies, scanned, embedder, tmp_path, monkeypatch
+):
+    from mpoxscan.data import copies as copy_finder
+
     folder, _ = copies
     scan, config = scanned
     before = embedder.calls
-    # the same photos under other names: nothing is embedded again, the same pairs come back
+    # the same photos under other names: nothing is embedded or checked again, and the same
+    # pairs come back
     renamed = tmp_path / "Photos"
     shutil.copytree(folder, renamed)
     for path in sorted(renamed.glob("*.jpg")):
         path.rename(path.with_name("x" + path.name))
+
+    def no_local_features(*args):
+        raise AssertionError("local features taken again for a pair checked before")
+
+    monkeypatch.setattr(copy_finder, "_local_features", no_local_features)
     again = find_copies(photo_records(renamed), embed=embedder, config=config)
     assert embedder.calls == before
-    assert len(list(config.cache_dir.glob("*.npy"))) == len(scan.records)
+    assert len(list(config.cache_dir.glob(f"{embedder.name}-*.npy"))) == len(scan.records)
+    assert list(config.cache_dir.glob("copycheck-*.npy"))
     assert sorted(("x" + p.a.name, "x" + p.b.name) for p in scan.pairs) == sorted(
         (p.a.name, p.b.name) for p in again
     )

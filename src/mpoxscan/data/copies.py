@@ -25,6 +25,7 @@ layer does not import models). Defaults were chosen on the copies that the tests
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -60,6 +61,8 @@ _CELL = 8
 _MIN_CELL_STD = 6.0
 #: Rows of the candidate search computed at once (bounds memory at a few hundred MB).
 _SEARCH_BLOCK = 256
+#: Version of the cached local-feature verdicts: bump it when the check changes.
+_VERDICT_VERSION = 1
 #: Photos handed to the embedder at once (large enough for it to switch to its fast engine).
 _EMBED_CHUNK = 256
 
@@ -543,10 +546,49 @@ def _verify(
 ) -> list[_Found]:
     """Stage 3: keep the candidates whose local features agree on one similarity transform.
 
+    With ``config.cache_dir``, each pair's result is cached by the two files' hashes (and the
+    stage's settings), so a later run over the same photos (``train`` after ``audit``, every
+    ``cv``) checks only the pairs it has not seen.
+    """
+    cache = FeatureCache(config.cache_dir) if config.cache_dir is not None else None
+    keys = [_verdict_key(loaded.sha256[i], loaded.sha256[j], config) for i, j, _ in candidates]
+    known = [None if cache is None else cache.get(key) for key in keys]
+    todo = [k for k, verdict in enumerate(known) if verdict is None]
+    inliers = [0 if verdict is None else int(verdict[0]) for verdict in known]
+    fresh = _signed_inliers(loaded, [candidates[k][:2] for k in todo], config)
+    for k, n in zip(todo, fresh, strict=True):
+        inliers[k] = n
+        if cache is not None:
+            cache.put(keys[k], np.array([n], np.int32))
+    found = []
+    for (i, j, similarity), n in zip(candidates, inliers, strict=True):
+        if abs(n) >= config.min_inliers:
+            a, b = loaded.records[i].path, loaded.records[j].path
+            pair = CopyPair(a, b, "geometric", round(similarity, 4), abs(n), mirrored=n < 0)
+            found.append(_Found(i, j, pair))
+    return found
+
+
+def _verdict_key(sha_a: str, sha_b: str, config: CopyConfig) -> str:
+    """Cache key of one pair's local-feature check: both files and every setting it uses."""
+    settings = (
+        *(config.working_side, config.max_features, config.ratio, config.reprojection_px),
+        *(config.min_agreement, _THUMB_DIVISOR, _CELL, _MIN_CELL_STD, _VERDICT_VERSION),
+    )
+    digest = hashlib.sha256(repr(settings).encode()).hexdigest()[:12]
+    low, high = sorted((sha_a, sha_b))
+    return f"copycheck-{digest}-{low[:32]}-{high[:32]}"
+
+
+def _signed_inliers(loaded: _Loaded, pairs: list[tuple[int, int]], config: CopyConfig) -> list[int]:
+    """Matched points of each pair; negative when they matched ``b``'s mirror image.
+
     Features are taken once per photo (OpenCV and numpy release the GIL, so ``workers``
     threads share the work); a pair that fails is tried again with the mirror image of ``b``,
     whose features are derived from ``b``'s (:func:`_mirrored`), not taken again.
     """
+    if not pairs:
+        return []
     paths = [record.path for record in loaded.records]
 
     def features(rows: set[int]) -> dict[int, _Features | None]:
@@ -559,20 +601,13 @@ def _verify(
         return list(pool.map(count, pairs))
 
     with ThreadPoolExecutor(max(1, config.workers)) as pool:
-        plain = features({r for i, j, _ in candidates for r in (i, j)})
-        pairs = [(i, j) for i, j, _ in candidates]
+        plain = features({r for pair in pairs for r in pair})
         inliers = check(pairs, plain, plain)
         retry = [k for k, n in enumerate(inliers) if n < config.min_inliers]
         mirror = {row: _mirrored(plain[row]) for row in {pairs[k][1] for k in retry}}
         for k, n in zip(retry, check([pairs[k] for k in retry], plain, mirror), strict=True):
             inliers[k] = -n  # negative: matched with the mirror image
-    found = []
-    for (i, j, similarity), n in zip(candidates, inliers, strict=True):
-        if abs(n) >= config.min_inliers:
-            a, b = paths[i], paths[j]
-            pair = CopyPair(a, b, "geometric", round(similarity, 4), abs(n), mirrored=n < 0)
-            found.append(_Found(i, j, pair))
-    return found
+    return inliers
 
 
 def _local_features(path: Path, config: CopyConfig) -> _Features | None:
