@@ -43,3 +43,17 @@ def msld_dir() -> Path:
 def tiny_bundle(tiny_dataset, tmp_path_factory) -> Path:
     """A real EfficientNet-Lite0 bundle (64x64 input) trained for two epochs on tiny_dataset."""
     return train_tiny_bundle(tiny_dataset, tmp_path_factory.mktemp("bundle") / "tiny").bundle_dir
+
+
+@pytest.fixture(scope="session")
+def onnx_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """A copy of tiny_bundle with model.onnx (tiny_bundle stays torch-only); tests that change
+    a bundle work on their own copy of it."""
+    import shutil
+
+    from mpoxscan.inference.onnx_export import export_onnx
+
+    bundle = tmp_path_factory.mktemp("onnx-bundle") / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    export_onnx(bundle)
+    return bundle

@@ -26,14 +26,6 @@ from mpoxscan.inference.predictor import Predictor, images_to_pixels
 from testdata import make_lesion_photo
 
 
-@pytest.fixture(scope="module")
-def onnx_bundle(tiny_bundle, tmp_path_factory) -> Path:
-    bundle = tmp_path_factory.mktemp("int8") / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    export_onnx(bundle)
-    return bundle
-
-
 def fresh_copy(bundle: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -29,7 +28,6 @@ from mpoxscan.inference.batch import (
     prepare_batch,
     read_finished,
 )
-from mpoxscan.inference.onnx_export import export_onnx
 from mpoxscan.inference.predictor import Predictor, images_to_pixels
 from mpoxscan.inference.quality import check_photo
 
@@ -38,15 +36,6 @@ from testdata import make_lesion_photo
 BATCH = 8
 N_PHOTOS = 30
 BAD_CODES = {"broken.jpg": "not_an_image", "empty.png": "empty_file"}
-
-
-@pytest.fixture(scope="module")
-def onnx_bundle(tiny_bundle, tmp_path_factory) -> Path:
-    """A copy of tiny_bundle with model.onnx (the session's tiny_bundle stays torch-only)."""
-    bundle = tmp_path_factory.mktemp("batch-bundle") / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    export_onnx(bundle)
-    return bundle
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import csv
-import shutil
-from pathlib import Path
 
 import pytest
 
 from mpoxscan.inference.batch import BatchConfig, LocalEngine, predict_to_file
-from mpoxscan.inference.onnx_export import export_onnx
 from mpoxscan.inference.predictor import Predictor
 
 from testdata import make_lesion_photo
@@ -17,14 +14,6 @@ from testdata import make_lesion_photo
 ray = pytest.importorskip("ray")
 
 from mpoxscan.inference.ray_engine import RayConfig, RayEngine  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def onnx_bundle(tiny_bundle, tmp_path_factory) -> Path:
-    bundle = tmp_path_factory.mktemp("ray-bundle") / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    export_onnx(bundle)
-    return bundle
 
 
 @pytest.mark.slow
