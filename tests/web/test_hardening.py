@@ -366,31 +366,32 @@ def test_allowed_hosts_match_names_ports_and_ipv6(web_settings, allowed, host, s
         assert client.get("/api/v1/health", headers={"Host": host}).status_code == status
 
 
-#: Polls a URL every 50 ms until a line arrives on stdin, then prints the latencies (JSON).
+#: Polls the URL every ``argv[2]`` seconds until a line arrives on stdin, then prints a JSON
+#: list of ``[started, seconds]`` per poll (``started`` from ``time.time()``).
 HEALTH_POLLER = """
 import json, sys, threading, time, httpx
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
-latencies = []
+polls = []
 with httpx.Client(timeout=10) as http:
     while not stop.is_set():
-        started = time.perf_counter()
+        started, clock = time.time(), time.perf_counter()
         assert http.get(sys.argv[1]).status_code == 200
-        latencies.append(time.perf_counter() - started)
-        time.sleep(0.05)
-print(json.dumps(latencies))
+        polls.append((started, time.perf_counter() - clock))
+        time.sleep(float(sys.argv[2]))
+print(json.dumps(polls))
 """
 
 
 @pytest.mark.slow
 def test_16_clients_sending_10_mb_bodies_stay_in_the_memory_budget_and_health_answers(
-    web_bundle,
+    web_bundle, record_property
 ):
     """16 clients behind a (simulated) proxy on 127.0.0.1, each with its own X-Forwarded-For,
-    send one 10 MB photo at once while /api/v1/health is polled: every upload is answered
-    (200, or 503 with Retry-After), the peak RSS stays under the documented worst case of the
-    default settings, and health answers within 200 ms (95 % of polls; the long form and its
-    numbers are in benchmarks/hardening.md)."""
+    send one 10 MB photo at once, twice, while /api/v1/health is polled every 20 ms: every
+    upload is answered (200, or 503 with Retry-After), the peak RSS stays under the documented
+    worst case of the default settings, and every health poll is answered within 200 ms (the
+    long form and its numbers are in benchmarks/hardening.md)."""
     import asyncio
     import json
     import subprocess
@@ -407,13 +408,13 @@ def test_16_clients_sending_10_mb_bodies_stay_in_the_memory_budget_and_health_an
     photo = with_padding(lesion_jpeg(seed=175), seed=175, segments=166)
     assert 9_900_000 < len(photo) < 10 * 2**20
     env = {"MPOXSCAN_FORWARDED_ALLOW_IPS": "127.0.0.1"}
-    clients = 16
+    clients, rounds = 16, 2
 
-    async def upload_all(url: str) -> list[httpx.Response]:
+    async def upload_all(url: str, round_: int) -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=url, timeout=120) as http:
 
             async def upload(i: int) -> httpx.Response:
-                headers = {"X-Forwarded-For": f"198.51.100.{i + 1}"}
+                headers = {"X-Forwarded-For": f"198.51.{100 + round_}.{i + 1}"}
                 return await http.post("/api/v1/predict", files=photo_parts(photo), headers=headers)
 
             return await asyncio.gather(*(upload(i) for i in range(clients)))
@@ -423,7 +424,7 @@ def test_16_clients_sending_10_mb_bodies_stay_in_the_memory_budget_and_health_an
         # Health is polled from another process, so the uploads' client work (in this one)
         # does not count as the server's latency.
         poller = subprocess.Popen(
-            [sys.executable, "-c", HEALTH_POLLER, server.url + "/api/v1/health"],
+            [sys.executable, "-c", HEALTH_POLLER, server.url + "/api/v1/health", "0.02"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -431,25 +432,32 @@ def test_16_clients_sending_10_mb_bodies_stay_in_the_memory_budget_and_health_an
         try:
             time.sleep(1.0)
             with load_test.RssSampler(server.rss_bytes, interval_s=0.02) as sampler:
-                answers = asyncio.run(upload_all(server.url))
+                started = time.time()
+                answers = [a for r in range(rounds) for a in asyncio.run(upload_all(server.url, r))]
+                ended = time.time()
         finally:
             out, _ = poller.communicate("stop\n", timeout=30)
-        health = json.loads(out)
+        polls = json.loads(out)
     for answer in answers:
         assert answer.status_code in (200, 503), answer.text[:200]
         if answer.status_code == 503:
             assert answer.headers["retry-after"]
-    assert sum(a.status_code == 200 for a in answers) >= clients // 2
+    assert sum(a.status_code == 200 for a in answers) >= clients
     budget = worst_case_memory_bytes(Settings(), idle)
     assert sampler.peak() < budget, (sampler.peak(), budget)
-    # The Done-when bound is 200 ms for every poll. On this shared 2-core machine, with the
-    # load generator and the poller on it too, the same code's slowest poll ranged from
-    # 105 ms to 2 s with other jobs' load (benchmarks/hardening.md, "Re-measured"), so the
-    # test holds 95 % of polls to 200 ms and every poll to 1 s.
-    latencies = sorted(health)
-    assert len(latencies) >= 10, latencies
-    assert latencies[int(0.95 * (len(latencies) - 1))] < 0.2, latencies[-5:]
-    assert latencies[-1] < 1.0, latencies[-5:]
+    # Issue 17's bound: every poll within 200 ms, those sent while the bodies streamed in
+    # included (the 16 x 10 MB are read, parsed and decoded meanwhile).
+    during = [seconds for start, seconds in polls if started <= start <= ended]
+    assert len(during) >= 20, (len(during), ended - started)
+    slowest = sorted(seconds for _, seconds in polls)[-5:]
+    record_property("health_polls", f"{len(polls)} ({len(during)} during the uploads)")
+    # The slowest polls: [when, from the first upload (s); how long (ms)].
+    record_property(
+        "health_slowest_ms",
+        sorted([round(s - started, 3), round(1000 * t, 1)] for s, t in polls if t >= slowest[0]),
+    )
+    record_property("peak_rss_mb", round(sampler.peak() / 1e6))
+    assert slowest[-1] < 0.2, slowest
 
 
 def test_serve_checks_the_bundle_files_once(web_bundle, monkeypatch):

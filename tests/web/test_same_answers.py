@@ -57,7 +57,7 @@ def test_training_evaluation_batch_web_and_api_see_equal_pixels(photo_files):
     api = images_to_pixels([read_photo(path, size) for path in photo_files], size)
     web = images_to_pixels(
         [
-            _decode(Upload(bytearray(p.read_bytes())), ImageLimits(max_side=2048), None, size)
+            _decode(Upload.of(p.read_bytes()), ImageLimits(max_side=2048), None, size)
             for p in photo_files
         ],
         size,
