@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import html
 import ipaddress
 import json
@@ -167,6 +168,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             threads,
             2 * batch,
         )
+    _freeze_startup_objects()
     app.state.predictor = predictor
     app.state.model_info = model_info(predictor)
     logger.info(
@@ -177,6 +179,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.bundle_dir,
     )
     yield
+    # Let the collector see them again: in a process that starts several apps (tests), an
+    # app that stopped must not stay pinned.
+    gc.unfreeze()
     app.state.predictor = None
     batcher = app.state.micro_batcher
     await run_in_threadpool(batcher.close)
@@ -185,6 +190,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if app.state.audit_log is not None:
         app.state.audit_log.close()
         app.state.audit_log = None
+
+
+def _freeze_startup_objects() -> None:
+    """Move the objects that exist once the model is loaded out of the garbage collector's
+    reach (``gc.freeze``).
+
+    They live as long as the process (modules, the model, its libraries: about 280,000
+    objects), and a full collection walks every one of them with the GIL held: 150-180 ms
+    with ``models/default``, during which no request is answered, health checks included.
+    Frozen, they are skipped, and a full collection walks only what was created later (well
+    under 1 ms just after start-up). Garbage is collected first, so none is pinned.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _private_matplotlib_dir() -> None:
