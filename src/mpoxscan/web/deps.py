@@ -17,17 +17,12 @@ from mpoxscan.web.settings import Settings
 _MAX_ADDRESS_CHARS = 64
 
 
-# The dependencies are ``async def`` although they do no I/O: FastAPI runs a plain ``def``
-# dependency in a worker thread, and under a burst of uploads the event loop then waits for
-# new threads to start (``Thread.start``), which delayed health checks by up to 0.3 s.
-
-
-async def get_settings(request: Request) -> Settings:
+def get_settings(request: Request) -> Settings:
     """The app's settings (set by ``create_app``)."""
     return request.app.state.settings
 
 
-async def get_predictor(request: Request) -> Predictor:
+def get_predictor(request: Request) -> Predictor:
     """The predictor loaded at startup.
 
     Raises:
