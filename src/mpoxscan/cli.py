@@ -896,6 +896,13 @@ class Quantization(StrEnum):
     int8 = "int8"
 
 
+class Int8Float(StrEnum):
+    """What ``mpoxscan export --quantize int8`` keeps in float (``QuantizeConfig.keep_float``)."""
+
+    ends = "ends"
+    head = "head"
+
+
 @app.command()
 def export(
     model_dir: BundleOpt,
@@ -913,6 +920,14 @@ def export(
         Path | None,
         typer.Option(help="The bundle's training data for --quantize (default: as recorded)."),
     ] = None,
+    int8_float: Annotated[
+        Int8Float,
+        typer.Option(
+            help="Layers --quantize keeps in float: ends (stem, depthwise convolutions and "
+            "their readers, classifier: closest to fp32) or head (only the classifier: every "
+            "convolution in int8, about 1.5x less CPU on AVX2, larger probability changes).",
+        ),
+    ] = Int8Float.ends,
 ) -> None:
     """Export a bundle's model to ONNX (with a parity check against PyTorch)."""
     from mpoxscan.inference.onnx_export import export_onnx
@@ -924,9 +939,10 @@ def export(
         soft_wrap=True,
     )
     if quantize is Quantization.int8:
-        from mpoxscan.evaluation.quantize import quantize_bundle
+        from mpoxscan.evaluation.quantize import QuantizeConfig, quantize_bundle
 
-        for line in quantize_bundle(model_dir, data).lines():
+        config = QuantizeConfig(keep_float=int8_float.value)
+        for line in quantize_bundle(model_dir, data, config).lines():
             console.print(line, soft_wrap=True)
 
 

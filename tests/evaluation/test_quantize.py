@@ -17,6 +17,7 @@ from mpoxscan.evaluation.quantize import (
     QuantizeConfig,
     _spread,
     quantize_bundle,
+    quantize_graph,
 )
 from mpoxscan.hashing import file_sha256
 from mpoxscan.inference.bundle import read_bundle_meta
@@ -73,6 +74,47 @@ def test_the_int8_graph_is_refused_when_auc_drops_too_much(onnx_bundle, tiny_dat
     assert Predictor.load(bundle).onnx_file_ == "model.onnx"
 
 
+def _int8_weights(graph_path: Path, op_type: str) -> dict[str, bool]:
+    """Whether each ``op_type`` node of a QDQ graph reads its weight through DequantizeLinear."""
+    import onnx
+
+    nodes = onnx.load(str(graph_path)).graph.node
+    dequantized = {node.output[0] for node in nodes if node.op_type == "DequantizeLinear"}
+    return {node.name: node.input[1] in dequantized for node in nodes if node.op_type == op_type}
+
+
+def _depthwise(graph_path: Path) -> set[str]:
+    import onnx
+
+    return {
+        node.name
+        for node in onnx.load(str(graph_path)).graph.node
+        if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
+    }
+
+
+@pytest.mark.parametrize("keep_float", ["ends", "head"])
+def test_keep_float_chooses_the_layers_left_in_float(onnx_bundle, tmp_path, keep_float):
+    photos = [make_lesion_photo(i % 2 == 0, seed=700 + i, size=64) for i in range(4)]
+    calibration = images_to_pixels(photos, 64)
+    target = tmp_path / INT8_FILE
+    quantize_graph(
+        onnx_bundle / "model.onnx", target, calibration, QuantizeConfig(keep_float=keep_float)
+    )
+    convs = _int8_weights(target, "Conv")
+    assert list(_int8_weights(target, "Gemm").values()) == [False]  # the classifier
+    depthwise = _depthwise(onnx_bundle / "model.onnx")
+    if keep_float == "head":
+        assert all(convs.values())  # every convolution, the depthwise ones too
+    else:
+        assert depthwise and not any(convs[name] for name in depthwise)
+        assert any(convs.values())
+    with pytest.raises(ValueError, match="keep_float"):
+        quantize_graph(
+            onnx_bundle / "model.onnx", target, calibration, QuantizeConfig(keep_float="x")
+        )
+
+
 def test_quantising_needs_the_bundles_own_data(onnx_bundle, tmp_path):
     from testdata import make_unsplit_dataset
 
@@ -91,12 +133,13 @@ def test_calibration_photos_come_from_every_class_and_source(tiny_dataset):
 def test_export_command_prints_the_accuracy_check(onnx_bundle, tiny_dataset, tmp_path):
     bundle = fresh_copy(onnx_bundle, tmp_path)
     args = ["export", "--model-dir", str(bundle), "--quantize", "int8", "--data", str(tiny_dataset)]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, [*args, "--int8-float", "head"])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     for expected in ("fp32: ROC AUC", "int8: ROC AUC", "sensitivity", "specificity", "largest"):
         assert expected in text
-    assert ("kept" in text) != ("refused" in text)
+    assert ("kept /" in text) != ("refused" in text)
+    assert "kept in float: head" in text
 
 
 def test_a_bundle_trained_on_a_data_manifest_is_quantised_on_its_recorded_sources(

@@ -32,7 +32,7 @@ from mpoxscan.inference.bundle import (
     read_bundle_meta,
     update_bundle_files,
 )
-from mpoxscan.inference.onnx_runtime import INPUT_NAME, OnnxModel
+from mpoxscan.inference.onnx_runtime import INPUT_NAME, OUTPUT_NAMES, OnnxModel
 
 #: The int8 graph's file in a bundle.
 INT8_FILE = "model.int8.onnx"
@@ -46,6 +46,9 @@ MAX_AUC_DROP = 0.005
 #: Photos per calibration and evaluation batch.
 _BATCH = 16
 
+#: What ``QuantizeConfig.keep_float`` may name (see there).
+KEEP_FLOAT = ("ends", "head")
+
 
 @dataclass(frozen=True)
 class QuantizeConfig:
@@ -55,13 +58,17 @@ class QuantizeConfig:
         method: calibration method of ONNX Runtime (``minmax``, ``entropy``, ``percentile``).
         max_calibration_photos: training photos used for calibration at most, spread evenly
             over the (source folder, class) groups; each is also used mirrored.
-        float_ends: keep in float the layers where rounding costs the most: the first
-            convolution (the stem, which sees raw pixels), the classifier head, and every
-            depthwise convolution with the convolution that reads its output. Measured on the
-            bundled EfficientNet-Lite0 (benchmarks/accuracy.md): the ReLU6 outputs of the
-            depthwise convolutions are mostly tiny with rare values near 6, so one uint8 scale
-            per tensor rounds most of them to 0 (SQNR under 1 dB) and the embedding moved by
-            about 50%; with these layers in float it moves by about 7%.
+        keep_float: which layers stay in float.
+            ``"ends"`` (the default): the first convolution (the stem, which sees raw pixels),
+            the classifier head, and every depthwise convolution with the convolution that
+            reads its output. Measured on the bundled EfficientNet-Lite0
+            (benchmarks/accuracy.md): the embedding moves by about 7% (about 50% with every
+            convolution in int8), but on an AVX2 CPU without VNNI the graph is no faster than
+            fp32 (the float and int8 layers alternate, and every switch costs a conversion).
+            ``"head"``: every convolution in int8, only what follows the embedding (the
+            classifier, temperature and sigmoid) in float: about 1.5x less CPU per photo than
+            fp32 on that CPU, but the embedding moves by about 30% at the median and single
+            probabilities by up to 0.8 (benchmarks/speed.md, section (f)).
         reduce_range: 7-bit weights. x86 CPUs without VNNI (AVX2) multiply uint8 activations
             by int8 weights in 16-bit sums that saturate; 7 bits keep them exact
             (benchmarks/accuracy.md measured the difference).
@@ -70,7 +77,7 @@ class QuantizeConfig:
 
     method: str = "minmax"
     max_calibration_photos: int = 256
-    float_ends: bool = True
+    keep_float: str = "ends"
     reduce_range: bool = True
     max_auc_drop: float = MAX_AUC_DROP
 
@@ -98,6 +105,7 @@ class QuantizeReport:
         n_calibration: calibration photos (before mirroring).
         n_held_out: held-out photos.
         max_auc_drop: the refusal bound.
+        keep_float: the layers left in float (``QuantizeConfig.keep_float``).
     """
 
     accepted: bool
@@ -109,12 +117,13 @@ class QuantizeReport:
     n_calibration: int
     n_held_out: int
     max_auc_drop: float
+    keep_float: str = "ends"
 
     def lines(self) -> list[str]:
         """The accuracy check as lines of text (the CLI prints them)."""
         rows = [
             f"held-out photos: {self.n_held_out}; calibration photos: {self.n_calibration}; "
-            f"screening threshold {self.threshold:.3f}",
+            f"screening threshold {self.threshold:.3f}; kept in float: {self.keep_float}",
         ]
         for name, score in (("fp32", self.fp32), ("int8", self.int8)):
             rows.append(
@@ -184,6 +193,7 @@ def quantize_bundle(
             n_calibration=len(calib_records),
             n_held_out=len(held_out),
             max_auc_drop=config.max_auc_drop,
+            keep_float=config.keep_float,
         )
         if accepted:
             os.replace(candidate, bundle / INT8_FILE)
@@ -223,6 +233,8 @@ def quantize_graph(
     }
     if config.method not in methods:
         raise ValueError(f"method must be one of {sorted(methods)}, got {config.method!r}")
+    if config.keep_float not in KEEP_FLOAT:
+        raise ValueError(f"keep_float must be one of {KEEP_FLOAT}, got {config.keep_float!r}")
     batches = np.concatenate([calibration, calibration[..., ::-1]])
 
     class Reader(CalibrationDataReader):
@@ -239,7 +251,8 @@ def quantize_graph(
     prepared = target.with_name(f".{target.name}.pre.onnx")
     try:
         quant_pre_process(str(source), str(prepared))
-        excluded = _float_ends(onnx.load(str(prepared))) if config.float_ends else []
+        graph = onnx.load(str(prepared))
+        excluded = _float_ends(graph) if config.keep_float == "ends" else classifier_nodes(graph)
         quantize_static(
             str(prepared),
             str(target),
@@ -257,7 +270,7 @@ def quantize_graph(
 
 
 def _float_ends(model: Any) -> list[str]:
-    """Names of the nodes kept in float (see ``QuantizeConfig.float_ends``)."""
+    """Names of the nodes kept in float by ``keep_float="ends"`` (see ``QuantizeConfig``)."""
     nodes = list(model.graph.node)
     producer = {output: node for node in nodes for output in node.output}
     convs = [node for node in nodes if node.op_type == "Conv"]
@@ -265,6 +278,16 @@ def _float_ends(model: Any) -> list[str]:
     readers = [node.name for node in convs if _reads_depthwise(node, producer, depthwise)]
     head = [node.name for node in nodes if node.op_type in ("Gemm", "MatMul")]
     return list(dict.fromkeys([convs[0].name, *sorted(depthwise), *readers, *head]))
+
+
+def classifier_nodes(model: Any) -> list[str]:
+    """Names of the nodes that read the embedding, directly or not (the classifier)."""
+    reached, names = {OUTPUT_NAMES[1]}, []
+    for node in model.graph.node:  # topologically sorted, as ONNX requires
+        if reached.intersection(node.input):
+            names.append(node.name)
+            reached.update(node.output)
+    return names
 
 
 def _groups(node: Any) -> int:
@@ -345,7 +368,7 @@ def _int8_meta(report: QuantizeReport, config: QuantizeConfig) -> dict[str, Any]
         "method": config.method,
         "per_channel": True,
         "format": "QDQ",
-        "float_ends": config.float_ends,
+        "keep_float": config.keep_float,
         "reduce_range": config.reduce_range,
         "calibration_photos": report.n_calibration,
         "held_out_photos": report.n_held_out,
