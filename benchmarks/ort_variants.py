@@ -88,6 +88,9 @@ VARIANTS: dict[str, Variant] = {
     "int8 all convs QDQ U8U8 per-channel": Variant("all-u8u8", config=NO_SPIN),
     "int8 all convs QOperator U8S8 per-channel reduce_range": Variant("all-qop", config=NO_SPIN),
     "int8 all convs but the stem QDQ": Variant("all-but-ends", config=NO_SPIN),
+    "int8 all convs but the first 6 (stem, blocks 0-1; export --int8-float early)": Variant(
+        "early", config=NO_SPIN
+    ),
     "int8 dynamic (ConvInteger/MatMulInteger)": Variant("dynamic", config=NO_SPIN),
 }
 
@@ -189,6 +192,8 @@ def build(recipe: str, source: Path, target: Path, calib: np.ndarray) -> None:
         _static(source, target, calib, fmt="QOperator")
     elif recipe == "all-but-ends":
         _static(source, target, calib, exclude=lambda n, g: n.name == first_conv)
+    elif recipe == "early":
+        quantize_graph(source, target, calib, QuantizeConfig(keep_float="early"))
     elif recipe == "dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -277,10 +282,14 @@ def _kind(event: dict) -> tuple[str, float]:
     shapes = [next(iter(s.values())) for s in args.get("input_type_shape", [])]
     out = [next(iter(s.values())) for s in args.get("output_type_shape", [])]
     weights = [s for s in shapes[1:] if len(s) == 4]
-    if "Conv" not in op or not weights or not out:
+    if "Conv" in op and not weights:  # int8 weights are prepacked: go by the layer's name
+        name = event["name"]
+        kind = "depthwise" if "depthwise" in name else "full kxk" if "stem" in name else "1x1"
+        return f"{op} {kind}", 0.0
+    if "Conv" not in op or not out:
         return op, 0.0
     w = weights[0]
-    kind = "pointwise 1x1" if w[2] == 1 else ("depthwise" if w[1] == 1 else "full kxk")
+    kind = "1x1" if w[2] == 1 else ("depthwise" if w[1] == 1 else "full kxk")
     return f"{op} {kind}", float(np.prod(out[0]) * w[1] * w[2] * w[3])
 
 
@@ -294,6 +303,20 @@ def op_profile(path: str) -> dict[str, tuple[float, float]]:
             by_op[kind][0] += event["dur"]
             by_op[kind][1] += macs
     return {k: (v[0], v[1]) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1][0])}
+
+
+def print_profile(name: str, sess: ort.InferenceSession, pixels: np.ndarray) -> None:
+    """Run 20 batches of 8 under the profiler and print the kernel time by operator kind."""
+    feed = {INPUT_NAME: pixels[:8]}
+    for _ in range(20):
+        sess.run(None, feed)
+    by_op = op_profile(sess.end_profiling())
+    total = sum(us for us, _ in by_op.values())
+    calls = 20 * 8
+    print(f"\nprofile of {name}: {total / calls / 1000:.2f} ms per photo in kernels")
+    for op, (us, macs) in by_op.items():
+        rate = f", {macs / us / 1000:.1f} GMAC/s" if macs else ""
+        print(f"  {op}: {us / total:.1%} ({us / calls / 1000:.2f} ms/photo{rate})")
 
 
 def main() -> None:
@@ -313,31 +336,26 @@ def main() -> None:
     labels = np.array([p.parent.name == "Monkey Pox" for p in msld], dtype=int)
     test_pixels = pixels_of(msld)
     calib = pixels_of(calibration_paths(args.calibration))
-    names = args.only or list(VARIANTS)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        reference = outputs(session(args.model, VARIANTS["fp32"]), test_pixels)
-        graphs: dict[str, Path] = {"fp32": args.model}
-        header = "| variant | " + " | ".join(
-            f"batch {b} CPU ms/photo best / median" for b in args.batches
-        )
-        print(header + " | max abs dp | max rel d embedding | ROC AUC (MSLD) |")
-        for name in names:
-            variant = VARIANTS[name]
-            if variant.graph not in graphs:
-                target = work / f"{variant.graph}.onnx"
-                if not target.exists():
-                    build(variant.graph, args.model, target, calib)
-                graphs[variant.graph] = target
-            sess = session(graphs[variant.graph], variant)
+
+        def graph_of(variant: Variant) -> Path:
+            if variant.graph == "fp32":
+                return args.model
+            target = work / f"{variant.graph}.onnx"
+            if not target.exists():
+                build(variant.graph, args.model, target, calib)
+            return target
+
+        p_ref, e_ref = outputs(session(args.model, VARIANTS["fp32"]), test_pixels)
+        header = " | ".join(f"batch {b} CPU ms/photo best / median" for b in args.batches)
+        print(f"| variant | {header} | max abs dp | max rel d embedding | ROC AUC (MSLD) |")
+        for name in args.only or list(VARIANTS):
+            sess = session(graph_of(VARIANTS[name]), VARIANTS[name])
             p, e = outputs(sess, test_pixels)
-            dp = float(np.abs(p - reference[0]).max())
-            de = float(
-                (
-                    np.linalg.norm(e - reference[1], axis=1) / np.linalg.norm(reference[1], axis=1)
-                ).max()
-            )
+            dp = float(np.abs(p - p_ref).max())
+            de = float((np.linalg.norm(e - e_ref, axis=1) / np.linalg.norm(e_ref, axis=1)).max())
             cells = []
             for b in args.batches:
                 runs = cpu_ms_per_photo(sess, test_pixels, b, args.seconds, args.repeats)
@@ -347,17 +365,7 @@ def main() -> None:
         for name in args.profile:
             variant = VARIANTS[name]
             prefix = str(work / f"profile-{variant.graph}")
-            sess = session(graphs.get(variant.graph, args.model), variant, profile=prefix)
-            feed = {INPUT_NAME: test_pixels[:8]}
-            for _ in range(20):
-                sess.run(None, feed)
-            by_op = op_profile(sess.end_profiling())
-            total = sum(us for us, _ in by_op.values())
-            calls = 20 * 8
-            print(f"\nprofile of {name}: {total / calls / 1000:.2f} ms per photo in kernels")
-            for op, (us, macs) in by_op.items():
-                rate = f", {macs / us / 1000:.1f} GMAC/s" if macs else ""
-                print(f"  {op}: {us / total:.1%} ({us / calls / 1000:.2f} ms/photo{rate})")
+            print_profile(name, session(graph_of(variant), variant, profile=prefix), test_pixels)
     print(f"machine after: {machine()}")
 
 

@@ -900,6 +900,7 @@ class Int8Float(StrEnum):
     """What ``mpoxscan export --quantize int8`` keeps in float (``QuantizeConfig.keep_float``)."""
 
     ends = "ends"
+    early = "early"
     head = "head"
 
 
@@ -924,8 +925,9 @@ def export(
         Int8Float,
         typer.Option(
             help="Layers --quantize keeps in float: ends (stem, depthwise convolutions and "
-            "their readers, classifier: closest to fp32) or head (only the classifier: every "
-            "convolution in int8, about 1.5x less CPU on AVX2, larger probability changes).",
+            "their readers, classifier: closest to fp32, no faster on AVX2), early (the first "
+            "6 convolutions and the classifier: about 1.5x less CPU on AVX2, larger "
+            "probability changes) or head (only the classifier).",
         ),
     ] = Int8Float.ends,
 ) -> None:

@@ -13,6 +13,7 @@ from mpoxscan.cli import app
 from mpoxscan.data.datasets import scan_dataset
 from mpoxscan.errors import BundleError
 from mpoxscan.evaluation.quantize import (
+    EARLY_CONVS,
     INT8_FILE,
     QuantizeConfig,
     _spread,
@@ -93,19 +94,20 @@ def _depthwise(graph_path: Path) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("keep_float", ["ends", "head"])
+@pytest.mark.parametrize("keep_float", ["ends", "early", "head"])
 def test_keep_float_chooses_the_layers_left_in_float(onnx_bundle, tmp_path, keep_float):
     photos = [make_lesion_photo(i % 2 == 0, seed=700 + i, size=64) for i in range(4)]
     calibration = images_to_pixels(photos, 64)
     target = tmp_path / INT8_FILE
-    quantize_graph(
-        onnx_bundle / "model.onnx", target, calibration, QuantizeConfig(keep_float=keep_float)
-    )
-    convs = _int8_weights(target, "Conv")
+    config = QuantizeConfig(keep_float=keep_float)
+    quantize_graph(onnx_bundle / "model.onnx", target, calibration, config)
+    convs = _int8_weights(target, "Conv")  # in graph order
     assert list(_int8_weights(target, "Gemm").values()) == [False]  # the classifier
     depthwise = _depthwise(onnx_bundle / "model.onnx")
     if keep_float == "head":
         assert all(convs.values())  # every convolution, the depthwise ones too
+    elif keep_float == "early":
+        assert list(convs.values()) == [False] * EARLY_CONVS + [True] * (len(convs) - EARLY_CONVS)
     else:
         assert depthwise and not any(convs[name] for name in depthwise)
         assert any(convs.values())
@@ -133,13 +135,13 @@ def test_calibration_photos_come_from_every_class_and_source(tiny_dataset):
 def test_export_command_prints_the_accuracy_check(onnx_bundle, tiny_dataset, tmp_path):
     bundle = fresh_copy(onnx_bundle, tmp_path)
     args = ["export", "--model-dir", str(bundle), "--quantize", "int8", "--data", str(tiny_dataset)]
-    result = CliRunner().invoke(app, [*args, "--int8-float", "head"])
+    result = CliRunner().invoke(app, [*args, "--int8-float", "early"])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     for expected in ("fp32: ROC AUC", "int8: ROC AUC", "sensitivity", "specificity", "largest"):
         assert expected in text
     assert ("kept /" in text) != ("refused" in text)
-    assert "kept in float: head" in text
+    assert "kept in float: early" in text
 
 
 def test_a_bundle_trained_on_a_data_manifest_is_quantised_on_its_recorded_sources(

@@ -47,7 +47,11 @@ MAX_AUC_DROP = 0.005
 _BATCH = 16
 
 #: What ``QuantizeConfig.keep_float`` may name (see there).
-KEEP_FLOAT = ("ends", "head")
+KEEP_FLOAT = ("ends", "early", "head")
+
+#: Convolutions ``keep_float="early"`` leaves in float: in EfficientNet-Lite0 the stem and the
+#: first two blocks (112x112 feature maps, and a 16-channel bottleneck every later layer reads).
+EARLY_CONVS = 6
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,13 @@ class QuantizeConfig:
             (benchmarks/accuracy.md): the embedding moves by about 7% (about 50% with every
             convolution in int8), but on an AVX2 CPU without VNNI the graph is no faster than
             fp32 (the float and int8 layers alternate, and every switch costs a conversion).
-            ``"head"``: every convolution in int8, only what follows the embedding (the
-            classifier, temperature and sigmoid) in float: about 1.5x less CPU per photo than
-            fp32 on that CPU, but the embedding moves by about 30% at the median and single
-            probabilities by up to 0.8 (benchmarks/speed.md, section (f)).
+            ``"early"``: the first ``EARLY_CONVS`` convolutions and the classifier (the
+            nodes that read the embedding) in float, every later convolution in int8: about
+            1.5x less CPU per photo than fp32 on that CPU; the embedding moves by about 30%
+            at most and single probabilities by up to 0.35 on MSLD (benchmarks/speed.md,
+            section (f)).
+            ``"head"``: only the classifier in float: as fast, but probabilities move by up
+            to 0.6-0.8.
         reduce_range: 7-bit weights. x86 CPUs without VNNI (AVX2) multiply uint8 activations
             by int8 weights in 16-bit sums that saturate; 7 bits keep them exact
             (benchmarks/accuracy.md measured the difference).
@@ -252,7 +259,7 @@ def quantize_graph(
     try:
         quant_pre_process(str(source), str(prepared))
         graph = onnx.load(str(prepared))
-        excluded = _float_ends(graph) if config.keep_float == "ends" else classifier_nodes(graph)
+        excluded = _float_nodes(graph, config.keep_float)
         quantize_static(
             str(prepared),
             str(target),
@@ -267,6 +274,21 @@ def quantize_graph(
         )
     finally:
         prepared.unlink(missing_ok=True)
+
+
+def _float_nodes(model: Any, keep_float: str) -> list[str]:
+    """Names of the nodes ``keep_float`` leaves in float (see ``QuantizeConfig``)."""
+    if keep_float == "ends":
+        return _float_ends(model)
+    early: list[str] = []
+    if keep_float == "early":  # every node before the first int8 convolution, in graph order
+        convs = 0
+        for node in model.graph.node:
+            convs += node.op_type == "Conv"
+            if convs > EARLY_CONVS:
+                break
+            early.append(node.name)
+    return [*early, *classifier_nodes(model)]
 
 
 def _float_ends(model: Any) -> list[str]:
