@@ -16,7 +16,7 @@ Three stages, from cheap to careful:
    mirror image: the pair is a copy when at least ``min_inliers`` matched points agree and
    the pixels agree wherever the transform overlays the two photos (``min_agreement``). Two
    photos of one lesion taken from different angles do not fit one similarity transform, a
-   crop, rescale or rotation of one photo does. The features are taken at two sizes of each
+   crop, rescale or rotation of one photo does. SIFT's scale space spans every octave of the
    photo, so a small crop of a large photo still matches.
 
 The finder needs no network: stage 2 runs only when the caller passes an embedder (the data
@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,7 +54,7 @@ _CENTRE_CROPS = (0.015, 0.03, 0.045)
 _CORNER_CROP = 0.04
 #: Side of the copy handed to the embedder (it resizes again to its own input size).
 _EMBED_SIDE = 256
-#: Local features are taken at the working side and at 1/_THUMB_DIVISOR of it.
+#: The pixel check compares thumbnails at 1/_THUMB_DIVISOR of the working side.
 _THUMB_DIVISOR = 2
 #: Side of the cells compared by the pixel check, and the contrast a cell needs to count.
 _CELL = 8
@@ -62,7 +62,7 @@ _MIN_CELL_STD = 6.0
 #: Rows of the candidate search computed at once (bounds memory at a few hundred MB).
 _SEARCH_BLOCK = 256
 #: Version of the cached local-feature verdicts: bump it when the check changes.
-_VERDICT_VERSION = 1
+_VERDICT_VERSION = 2
 #: Photos handed to the embedder at once (large enough for it to switch to its fast engine).
 _EMBED_CHUNK = 256
 
@@ -96,13 +96,15 @@ class CopyConfig:
         min_inliers: matched points that must agree on one similarity transform in stage 3.
             Copies of textured photos give 30-800, of smooth ones (a clock face) 8-20.
         working_side: longer side (pixels) at which local features are taken.
-        max_features: SIFT keypoints kept per photo and size.
+        max_features: SIFT keypoints kept per photo (the strongest; matching costs grow with
+            the square of this).
         ratio: Lowe's ratio test for a local-feature match.
         reprojection_px: RANSAC tolerance in pixels at ``working_side``.
         min_agreement: share of the textured 8 x 8 cells where the fitted transform overlays
             the two photos whose pixels correlate. Copies agree nearly everywhere; two
             different photos that share only a caption, logo or watermark agree only there.
-        workers: threads for the local features (OpenCV and numpy release the GIL).
+        workers: threads for reading photos and for the local features (Pillow, OpenCV and
+            numpy release the GIL).
         cache_dir: folder where embeddings are cached by file hash; ``None`` keeps them in
             memory for the run only.
     """
@@ -112,7 +114,7 @@ class CopyConfig:
     min_similarity: float = 0.6
     min_inliers: int = 8
     working_side: int = 320
-    max_features: int = 500
+    max_features: int = 600
     ratio: float = 0.8
     reprojection_px: float = 5.0
     min_agreement: float = 0.5
@@ -447,20 +449,19 @@ def _load(records: list[ImageRecord], embed: Embedder | None, config: CopyConfig
     cache = FeatureCache(config.cache_dir)
     kept, shas, hashes, unreadable = [], [], [], []
     to_embed: list[tuple[int, Image.Image]] = []
-    for record in records:
-        try:
-            data = record.path.read_bytes()
-            img = decode_image(data)
-        except (InvalidImageError, OSError) as exc:
-            unreadable.append(UnreadableFile(record.path, str(exc)))
-            continue
-        sha = image_sha256(data)
-        kept.append(record)
-        shas.append(sha)
-        hashes.append(crop_hashes(img))
-        if embed is not None and cache.get(_cache_key(embed, sha)) is None:
-            img.thumbnail((_EMBED_SIDE, _EMBED_SIDE), Image.Resampling.BILINEAR)
-            to_embed.append((len(kept) - 1, img))
+    wanted = None if embed is None else lambda sha: cache.get(_cache_key(embed, sha)) is None
+    with ThreadPoolExecutor(max(1, config.workers)) as pool:  # Pillow decodes without the GIL
+        read = pool.map(lambda record: _read_for_scan(record, wanted), records)
+        for record, photo in zip(records, read, strict=True):
+            if isinstance(photo, UnreadableFile):
+                unreadable.append(photo)
+                continue
+            sha, crop_hash, thumb = photo
+            kept.append(record)
+            shas.append(sha)
+            hashes.append(crop_hash)
+            if thumb is not None:
+                to_embed.append((len(kept) - 1, thumb))
     phashes = np.array(hashes, dtype=np.uint64).reshape(len(kept), N_CROP_HASHES)
     embeddings = None
     if embed is not None and kept:
@@ -472,6 +473,24 @@ def _load(records: list[ImageRecord], embed: Embedder | None, config: CopyConfig
         stacked = [cache.get(_cache_key(embed, sha)) for sha in shas]
         embeddings = np.stack(stacked).astype(np.float32) if stacked else None
     return _Loaded(kept, shas, phashes, embeddings, unreadable)
+
+
+def _read_for_scan(
+    record: ImageRecord, wanted: Callable[[str], bool] | None
+) -> tuple[str, list[int], Image.Image | None] | UnreadableFile:
+    """One photo's file hash, crop hashes, and its thumbnail for the embedder when
+    ``wanted(sha)`` says it is not embedded yet (``None``: no embedder)."""
+    try:
+        data = record.path.read_bytes()
+        img = decode_image(data)
+    except (InvalidImageError, OSError) as exc:
+        return UnreadableFile(record.path, str(exc))
+    sha = image_sha256(data)
+    crop_hash = crop_hashes(img)
+    if wanted is None or not wanted(sha):
+        return sha, crop_hash, None
+    img.thumbnail((_EMBED_SIDE, _EMBED_SIDE), Image.Resampling.BILINEAR)
+    return sha, crop_hash, img
 
 
 def _cache_key(embed: Embedder, sha: str) -> str:
@@ -534,7 +553,7 @@ def _candidates(
 
 @dataclass
 class _Features:
-    """SIFT keypoints (x, y at ``working_side``) and descriptors of a photo at two sizes."""
+    """SIFT keypoints (x, y at ``working_side``) and descriptors of a photo, and its thumbnail."""
 
     points: np.ndarray  # (k, 2) float32
     descriptors: np.ndarray  # (k, 128) uint8
@@ -611,11 +630,12 @@ def _signed_inliers(loaded: _Loaded, pairs: list[tuple[int, int]], config: CopyC
 
 
 def _local_features(path: Path, config: CopyConfig) -> _Features | None:
-    """SIFT features of a photo at ``working_side`` and at half of it, in ``working_side``
-    pixel coordinates (the half-size pass finds the coarse structure a small crop keeps).
+    """SIFT features of a photo at ``working_side``, and the thumbnail for the pixel check.
 
     The gray image is contrast-equalised first (CLAHE), so a brightened or low-contrast copy
-    yields the same keypoints as its original.
+    yields the same keypoints as its original. One pass covers every scale: a second pass at
+    half size (tried before) mostly repeated the coarse keypoints, and the repeats defeated
+    the ratio test on exactly those (benchmarks/audit.md).
     """
     try:
         img = decode_image(path).convert("L")
@@ -625,21 +645,20 @@ def _local_features(path: Path, config: CopyConfig) -> _Features | None:
     clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
     # a low contrast threshold: skin and smooth photos give few keypoints at the default 0.04
     sift = cv2.SIFT_create(nfeatures=config.max_features, contrastThreshold=0.01)
-    working_side = config.working_side
-    points, descriptors, thumb = [], [], None
-    for side in (working_side, working_side // _THUMB_DIVISOR):
-        scale = side / max(gray.shape)
-        dims = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
-        resized = clahe.apply(cv2.resize(gray, dims, interpolation=cv2.INTER_AREA))
-        thumb = resized  # the last, smallest one is kept for the pixel check
-        keypoints, desc = sift.detectAndCompute(resized, None)
-        if desc is None:
-            continue
-        points.append(np.array([k.pt for k in keypoints], np.float32) * (working_side / side))
-        descriptors.append(np.clip(np.rint(desc), 0, 255).astype(np.uint8))  # 4x smaller
-    if not points:
+    working = clahe.apply(_resize_longer_side(gray, config.working_side))
+    thumb = clahe.apply(_resize_longer_side(gray, config.working_side // _THUMB_DIVISOR))
+    keypoints, descriptors = sift.detectAndCompute(working, None)
+    if descriptors is None:
         return _Features(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), thumb)
-    return _Features(np.concatenate(points), np.concatenate(descriptors), thumb)
+    points = np.array([k.pt for k in keypoints], np.float32)
+    descriptors = np.clip(np.rint(descriptors), 0, 255).astype(np.uint8)  # 4x smaller
+    return _Features(points, descriptors, thumb)
+
+
+def _resize_longer_side(gray: np.ndarray, side: int) -> np.ndarray:
+    scale = side / max(gray.shape)
+    dims = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+    return cv2.resize(gray, dims, interpolation=cv2.INTER_AREA)
 
 
 #: SIFT orientation bins of a mirrored patch: the mirror negates angles relative to the keypoint.
@@ -706,12 +725,14 @@ def _inliers(a: _Features | None, b: _Features | None, config: CopyConfig) -> in
     scale = float(np.hypot(transform[0, 0], transform[1, 0]))
     if not 0.1 <= scale <= 10:
         return 0
-    inside = mask.ravel() > 0
+    # one point matched twice (SIFT gives a point two orientations) counts once
+    inliers = len(np.unique(np.rint(src[mask.ravel() > 0]).astype(np.int32), axis=0))
+    if inliers < config.min_inliers:
+        return inliers
     # a shared caption, logo or watermark matches too, but the rest of the photos does not
     if _overlay_agreement(a.thumb, b.thumb, transform) < config.min_agreement:
         return 0
-    # one keypoint matched twice (at both sizes) counts once
-    return len({tuple(np.round(p).astype(int)) for p in src[inside]})
+    return inliers
 
 
 def _overlay_agreement(a: np.ndarray, b: np.ndarray, transform: np.ndarray) -> float:
