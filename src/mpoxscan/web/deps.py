@@ -17,12 +17,17 @@ from mpoxscan.web.settings import Settings
 _MAX_ADDRESS_CHARS = 64
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies are ``async def`` although they do no I/O: FastAPI runs a plain ``def``
+# dependency in a worker thread, so each request took two thread hops, and under a burst of
+# uploads the event loop waited for new threads to start (``Thread.start``).
+
+
+async def get_settings(request: Request) -> Settings:
     """The app's settings (set by ``create_app``)."""
     return request.app.state.settings
 
 
-def get_predictor(request: Request) -> Predictor:
+async def get_predictor(request: Request) -> Predictor:
     """The predictor loaded at startup.
 
     Raises:
