@@ -37,7 +37,12 @@ from sklearn.metrics import roc_auc_score
 
 from _common import REPO_ROOT, machine
 from mpoxscan.data.photos import photo_pixels, read_photo
-from mpoxscan.evaluation.quantize import QuantizeConfig, classifier_nodes, quantize_graph
+from mpoxscan.evaluation.quantize import (
+    EARLY_CONVS,
+    QuantizeConfig,
+    classifier_nodes,
+    quantize_graph,
+)
 from mpoxscan.inference.onnx_runtime import INPUT_NAME
 
 DATA = REPO_ROOT.parent / "shared" / "data"
@@ -91,6 +96,9 @@ VARIANTS: dict[str, Variant] = {
     "int8 all convs but the first 6 (stem, blocks 0-1; export --int8-float early)": Variant(
         "early", config=NO_SPIN
     ),
+    "int8 all convs but the first 9 (stem, blocks 0-2)": Variant("early-9", config=NO_SPIN),
+    "int8 all convs but the first 12 (stem, blocks 0-3)": Variant("early-12", config=NO_SPIN),
+    "int8 all convs but the first 18 (stem, blocks 0-5)": Variant("early-18", config=NO_SPIN),
     "int8 dynamic (ConvInteger/MatMulInteger)": Variant("dynamic", config=NO_SPIN),
 }
 
@@ -192,8 +200,10 @@ def build(recipe: str, source: Path, target: Path, calib: np.ndarray) -> None:
         _static(source, target, calib, fmt="QOperator")
     elif recipe == "all-but-ends":
         _static(source, target, calib, exclude=lambda n, g: n.name == first_conv)
-    elif recipe == "early":
-        quantize_graph(source, target, calib, QuantizeConfig(keep_float="early"))
+    elif recipe.startswith("early"):  # early or early-N: the first N convolutions float
+        convs = int(recipe.partition("-")[2] or EARLY_CONVS)
+        config = QuantizeConfig(keep_float="early", early_convs=convs)
+        quantize_graph(source, target, calib, config)
     elif recipe == "dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

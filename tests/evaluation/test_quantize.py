@@ -13,7 +13,6 @@ from mpoxscan.cli import app
 from mpoxscan.data.datasets import scan_dataset
 from mpoxscan.errors import BundleError
 from mpoxscan.evaluation.quantize import (
-    EARLY_CONVS,
     INT8_FILE,
     QuantizeConfig,
     _spread,
@@ -99,7 +98,7 @@ def test_keep_float_chooses_the_layers_left_in_float(onnx_bundle, tmp_path, keep
     photos = [make_lesion_photo(i % 2 == 0, seed=700 + i, size=64) for i in range(4)]
     calibration = images_to_pixels(photos, 64)
     target = tmp_path / INT8_FILE
-    config = QuantizeConfig(keep_float=keep_float)
+    config = QuantizeConfig(keep_float=keep_float, early_convs=4)
     quantize_graph(onnx_bundle / "model.onnx", target, calibration, config)
     convs = _int8_weights(target, "Conv")  # in graph order
     assert list(_int8_weights(target, "Gemm").values()) == [False]  # the classifier
@@ -107,7 +106,7 @@ def test_keep_float_chooses_the_layers_left_in_float(onnx_bundle, tmp_path, keep
     if keep_float == "head":
         assert all(convs.values())  # every convolution, the depthwise ones too
     elif keep_float == "early":
-        assert list(convs.values()) == [False] * EARLY_CONVS + [True] * (len(convs) - EARLY_CONVS)
+        assert list(convs.values()) == [False] * 4 + [True] * (len(convs) - 4)
     else:
         assert depthwise and not any(convs[name] for name in depthwise)
         assert any(convs.values())

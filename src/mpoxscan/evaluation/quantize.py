@@ -49,7 +49,7 @@ _BATCH = 16
 #: What ``QuantizeConfig.keep_float`` may name (see there).
 KEEP_FLOAT = ("ends", "early", "head")
 
-#: Convolutions ``keep_float="early"`` leaves in float: in EfficientNet-Lite0 the stem and the
+#: Default ``QuantizeConfig.early_convs``: in EfficientNet-Lite0 the stem and the
 #: first two blocks (112x112 feature maps, and a 16-channel bottleneck every later layer reads).
 EARLY_CONVS = 6
 
@@ -69,13 +69,14 @@ class QuantizeConfig:
             (benchmarks/accuracy.md): the embedding moves by about 7% (about 50% with every
             convolution in int8), but on an AVX2 CPU without VNNI the graph is no faster than
             fp32 (the float and int8 layers alternate, and every switch costs a conversion).
-            ``"early"``: the first ``EARLY_CONVS`` convolutions and the classifier (the
+            ``"early"``: the first ``early_convs`` convolutions and the classifier (the
             nodes that read the embedding) in float, every later convolution in int8: about
             1.5x less CPU per photo than fp32 on that CPU; the embedding moves by about 30%
             at most and single probabilities by up to 0.35 on MSLD (benchmarks/speed.md,
             section (f)).
             ``"head"``: only the classifier in float: as fast, but probabilities move by up
             to 0.6-0.8.
+        early_convs: the convolutions ``keep_float="early"`` leaves in float.
         reduce_range: 7-bit weights. x86 CPUs without VNNI (AVX2) multiply uint8 activations
             by int8 weights in 16-bit sums that saturate; 7 bits keep them exact
             (benchmarks/accuracy.md measured the difference).
@@ -85,6 +86,7 @@ class QuantizeConfig:
     method: str = "minmax"
     max_calibration_photos: int = 256
     keep_float: str = "ends"
+    early_convs: int = EARLY_CONVS
     reduce_range: bool = True
     max_auc_drop: float = MAX_AUC_DROP
 
@@ -259,7 +261,7 @@ def quantize_graph(
     try:
         quant_pre_process(str(source), str(prepared))
         graph = onnx.load(str(prepared))
-        excluded = _float_nodes(graph, config.keep_float)
+        excluded = _float_nodes(graph, config)
         quantize_static(
             str(prepared),
             str(target),
@@ -276,16 +278,16 @@ def quantize_graph(
         prepared.unlink(missing_ok=True)
 
 
-def _float_nodes(model: Any, keep_float: str) -> list[str]:
-    """Names of the nodes ``keep_float`` leaves in float (see ``QuantizeConfig``)."""
-    if keep_float == "ends":
+def _float_nodes(model: Any, config: QuantizeConfig) -> list[str]:
+    """Names of the nodes ``config.keep_float`` leaves in float (see ``QuantizeConfig``)."""
+    if config.keep_float == "ends":
         return _float_ends(model)
     early: list[str] = []
-    if keep_float == "early":  # every node before the first int8 convolution, in graph order
+    if config.keep_float == "early":  # every node before the first int8 conv, in graph order
         convs = 0
         for node in model.graph.node:
             convs += node.op_type == "Conv"
-            if convs > EARLY_CONVS:
+            if convs > config.early_convs:
                 break
             early.append(node.name)
     return [*early, *classifier_nodes(model)]
@@ -391,6 +393,7 @@ def _int8_meta(report: QuantizeReport, config: QuantizeConfig) -> dict[str, Any]
         "per_channel": True,
         "format": "QDQ",
         "keep_float": config.keep_float,
+        **({"early_convs": config.early_convs} if config.keep_float == "early" else {}),
         "reduce_range": config.reduce_range,
         "calibration_photos": report.n_calibration,
         "held_out_photos": report.n_held_out,
