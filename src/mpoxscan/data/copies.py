@@ -466,12 +466,18 @@ def _load(records: list[ImageRecord], embed: Embedder | None, config: CopyConfig
     embeddings = None
     if embed is not None and kept:
         log.info("embedding %d photos (%d cached)", len(to_embed), len(kept) - len(to_embed))
-        for start in range(0, len(to_embed), _EMBED_CHUNK):
-            chunk = to_embed[start : start + _EMBED_CHUNK]
+        fresh: dict[int, np.ndarray] = {}
+        while to_embed:  # in chunks, letting go of each chunk's thumbnails once embedded
+            chunk, to_embed = to_embed[:_EMBED_CHUNK], to_embed[_EMBED_CHUNK:]
             for (row, _), vectors in zip(chunk, embed([img for _, img in chunk]), strict=True):
-                cache.put(_cache_key(embed, shas[row]), vectors.astype(np.float16))
-        stacked = [cache.get(_cache_key(embed, sha)) for sha in shas]
-        embeddings = np.stack(stacked).astype(np.float32) if stacked else None
+                fresh[row] = vectors.astype(np.float16)
+                cache.put(_cache_key(embed, shas[row]), fresh[row])
+        stacked = [fresh.pop(row, None) for row in range(len(kept))]
+        stacked = [
+            cache.get(_cache_key(embed, shas[row])) if vectors is None else vectors
+            for row, vectors in enumerate(stacked)
+        ]
+        embeddings = np.stack(stacked).astype(np.float32)
     return _Loaded(kept, shas, phashes, embeddings, unreadable)
 
 
@@ -526,19 +532,22 @@ def _candidates(
     """Stage 2: ``(i, j, cosine)`` with ``i < j``, each photo's ``top_k`` best partners.
 
     The similarity of two photos is the best cosine between the whole of one and any window of
-    the other (either way round).
+    the other, either way round: the whole-to-windows matrix ``W`` (one matrix product per
+    block of rows) and its transpose, ``max(W, W.T)``. ``W`` is ``n x n`` float32 (65 MB at
+    4,000 photos).
     """
     n, windows, dim = embeddings.shape
     whole = np.ascontiguousarray(embeddings[:, 0])
     all_windows = embeddings.reshape(n * windows, dim)
+    to_windows = np.empty((n, n), np.float32)
+    for start in range(0, n, _SEARCH_BLOCK):
+        rows = slice(start, min(n, start + _SEARCH_BLOCK))
+        to_windows[rows] = (whole[rows] @ all_windows.T).reshape(-1, n, windows).max(axis=2)
     best: dict[tuple[int, int], float] = {}
     k = min(top_k, n - 1)
     for start in range(0, n, _SEARCH_BLOCK):
         rows = slice(start, min(n, start + _SEARCH_BLOCK))
-        to_windows = (whole[rows] @ all_windows.T).reshape(-1, n, windows).max(axis=2)
-        block = embeddings[rows].reshape(-1, dim)  # a matrix product, not a slow einsum
-        from_windows = (block @ whole.T).reshape(-1, windows, n).max(axis=1)
-        sims = np.maximum(to_windows, from_windows)
+        sims = np.maximum(to_windows[rows], to_windows[:, rows].T)
         sims[np.arange(sims.shape[0]), np.arange(rows.start, rows.stop)] = -np.inf
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         for offset, partners in enumerate(top):
