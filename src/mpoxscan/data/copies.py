@@ -466,18 +466,13 @@ def _load(records: list[ImageRecord], embed: Embedder | None, config: CopyConfig
     embeddings = None
     if embed is not None and kept:
         log.info("embedding %d photos (%d cached)", len(to_embed), len(kept) - len(to_embed))
-        fresh: dict[int, np.ndarray] = {}
         while to_embed:  # in chunks, letting go of each chunk's thumbnails once embedded
             chunk, to_embed = to_embed[:_EMBED_CHUNK], to_embed[_EMBED_CHUNK:]
             for (row, _), vectors in zip(chunk, embed([img for _, img in chunk]), strict=True):
-                fresh[row] = vectors.astype(np.float16)
-                cache.put(_cache_key(embed, shas[row]), fresh[row])
-        stacked = [fresh.pop(row, None) for row in range(len(kept))]
-        stacked = [
-            cache.get(_cache_key(embed, shas[row])) if vectors is None else vectors
-            for row, vectors in enumerate(stacked)
-        ]
-        embeddings = np.stack(stacked).astype(np.float32)
+                cache.put(_cache_key(embed, shas[row]), vectors.astype(np.float16))
+        # the cache keeps what it was given or read in memory: no file is read twice
+        embeddings = np.stack([cache.get(_cache_key(embed, sha)) for sha in shas])
+        embeddings = embeddings.astype(np.float32)
     return _Loaded(kept, shas, phashes, embeddings, unreadable)
 
 
